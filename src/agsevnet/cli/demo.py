@@ -1,0 +1,3 @@
+"""CLI command(s) for this pipeline stage (placeholder until the stage lands)."""
+
+from agsevnet.cli import app  # noqa: F401

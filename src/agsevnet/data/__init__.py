@@ -1,0 +1,1 @@
+"""Reading datasets: layouts, NIfTI I/O, label conventions, integrity checks, phantoms."""
