@@ -33,6 +33,7 @@ class CaseSpec:
 
     ``problems`` holds what discovery already knows is wrong (a missing or duplicated modality), each a
     message that names the file or folder; :mod:`agsevnet.data.checks` adds what reading the files reveals.
+    ``notes`` holds what the user should know but is not wrong (an assumed channel order, an ignored file).
     """
 
     case_id: str
@@ -42,6 +43,7 @@ class CaseSpec:
     label_convention: str  # "brats2020" | "brats2023" | "msd" (see agsevnet.data.labels)
     folder: Path | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_label(self) -> bool:
