@@ -17,6 +17,9 @@ class AgsevnetError(Exception):
         self.message = message
         self.path = None if path is None else Path(path)
 
+    def __reduce__(self):  # keep the path when pickled across worker processes
+        return (type(self), (self.message, self.path))
+
     def __str__(self) -> str:  # "file: what is wrong"
         return f"{self.path}: {self.message}" if self.path is not None else self.message
 

@@ -52,9 +52,20 @@ def _lut(mapping: dict[int, int], size: int) -> np.ndarray:
     return lut
 
 
+def present_values(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of ``labels`` (np.bincount for small non-negative integers: several times faster
+    than np.unique on a 240x240x155 volume)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "ui" and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi < 65536:
+            return np.flatnonzero(np.bincount(arr.ravel(), minlength=hi + 1)).astype(arr.dtype)
+    return np.unique(arr)
+
+
 def unexpected_values(labels: np.ndarray, convention: str) -> list[float]:
     """Values in ``labels`` that ``convention`` does not define (non-integers included), sorted."""
-    values = np.unique(labels)
+    values = present_values(labels)
     allowed = set(allowed_values(convention))
     return [v.item() for v in values if not (float(v).is_integer() and int(v) in allowed)]
 
