@@ -1,0 +1,163 @@
+"""Summaries and files of an evaluation: per-case CSV, summary CSV, JSON, and the printed table.
+
+Summary statistics per column, as in the paper's Table 1 and the BraTS online evaluation's statistics rows:
+``Mean``, ``StdDev`` (population standard deviation, numpy's default ``ddof=0``), ``Median``,
+``25quantile`` and ``75quantile`` (numpy's linear interpolation).
+
+Files (every one written atomically):
+
+- ``<out>.csv``: one row per case, columns ``case`` and :data:`agsevnet.evaluate.metrics.COLUMNS`;
+- ``<out>_summary.csv``: one row per statistic, columns ``statistic`` and the same 12 columns;
+- the JSON (``format: agsevnet-evaluation``): the per-case rows with the prediction and ground-truth paths and
+  the label conventions used, the summary, and the conventions of the metrics. :func:`load_evaluation` reads
+  it back (the report uses it to find the files of each case).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agsevnet import __version__
+from agsevnet.errors import DataError, OutputExistsError
+from agsevnet.evaluate.metrics import COLUMNS, HD95_EMPTY
+from agsevnet.fsutil import write_json_atomic, write_text_atomic
+
+FORMAT = "agsevnet-evaluation"
+FORMAT_VERSION = 1
+STATISTICS: tuple[str, ...] = ("Mean", "StdDev", "Median", "25quantile", "75quantile")
+
+CONVENTIONS_TEXT: dict[str, Any] = {
+    "regions": {"ET": "enhancing tumour", "TC": "necrotic/non-enhancing core + enhancing", "WT": "all tumour labels"},
+    "hausdorff95": "95th percentile of the pooled surface-to-surface distances in mm (medpy hd95, connectivity 1)",
+    "both_empty": {"Dice": 1.0, "Sensitivity": 1.0, "Specificity": 1.0, "Hausdorff95": 0.0},
+    "one_empty": {"Dice": 0.0, "Hausdorff95": HD95_EMPTY},
+    "source": "BraTS 2020 online evaluation, as reimplemented by nnU-Net (Task082_BraTS_2020.py) and medpy",
+}
+
+
+def summarize(rows: Iterable[Mapping[str, float]], columns: Iterable[str] = COLUMNS) -> dict[str, dict[str, float]]:
+    """Column -> statistic -> value over ``rows`` (dicts holding ``columns``); also ``n`` per column."""
+    rows = list(rows)
+    out: dict[str, dict[str, float]] = {}
+    for column in columns:
+        values = np.asarray([float(row[column]) for row in rows], dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("cannot summarise zero cases")
+        out[column] = {
+            "Mean": float(values.mean()),
+            "StdDev": float(values.std()),
+            "Median": float(np.median(values)),
+            "25quantile": float(np.percentile(values, 25)),
+            "75quantile": float(np.percentile(values, 75)),
+            "n": int(values.size),
+        }
+    return out
+
+
+def summary_path(csv_path: str | Path) -> Path:
+    """``metrics.csv`` -> ``metrics_summary.csv`` (next to it)."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(f"{csv_path.stem}_summary{csv_path.suffix or '.csv'}")
+
+
+def _csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))  # shortest round-tripping form: the CSV loses no precision
+
+
+def case_csv_text(cases: Iterable[Mapping[str, Any]]) -> str:
+    """CSV text of per-case rows (``{"case": id, "metrics": {...}}``, the JSON's case entries)."""
+    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS)] for case in cases)
+    return _csv_text(["case", *COLUMNS], rows)
+
+
+def summary_csv_text(summary: Mapping[str, Mapping[str, float]]) -> str:
+    rows = ([stat, *(_fmt(summary[c][stat]) for c in COLUMNS)] for stat in STATISTICS)
+    return _csv_text(["statistic", *COLUMNS], rows)
+
+
+def evaluation_record(evaluation) -> dict[str, Any]:
+    """The JSON document of an :class:`agsevnet.evaluate.runner.Evaluation`."""
+    cases = [case.to_json() for case in evaluation.cases]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "agsevnet_version": __version__,
+        "pred": str(evaluation.pred_root),
+        "gt": str(evaluation.gt_root),
+        "labels": evaluation.labels,
+        "missing": evaluation.missing,
+        "columns": list(COLUMNS),
+        "conventions": CONVENTIONS_TEXT,
+        "unmatched_predictions": list(evaluation.unmatched_predictions),
+        "cases": cases,
+        "summary": summarize(case["metrics"] for case in cases),
+    }
+
+
+def check_outputs(paths: Iterable[Path | None], overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` for the first existing output unless ``overwrite``."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputExistsError("exists (pass --overwrite to replace it)", path)
+
+
+def write_outputs(record: Mapping[str, Any], csv_path: Path | None = None, json_path: Path | None = None) -> list[Path]:
+    """Write the per-case CSV and its ``_summary.csv`` (when ``csv_path``) and the JSON; the paths written."""
+    written: list[Path] = []
+    if csv_path is not None:
+        write_text_atomic(csv_path, case_csv_text(record["cases"]))
+        write_text_atomic(summary_path(csv_path), summary_csv_text(record["summary"]))
+        written += [Path(csv_path), summary_path(csv_path)]
+    if json_path is not None:
+        write_json_atomic(json_path, record)
+        written.append(Path(json_path))
+    return written
+
+
+def is_evaluation_record(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("cases"), list)
+
+
+def load_evaluation(path: str | Path) -> dict[str, Any]:
+    """Read an evaluation JSON written by :func:`write_outputs`; :class:`DataError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the evaluation JSON: {exc}", path) from None
+    if not is_evaluation_record(record):
+        raise DataError(f"not an agsevnet evaluation JSON (no \"format\": \"{FORMAT}\")", path)
+    return record
+
+
+def summary_table(summary: Mapping[str, Mapping[str, float]], title: str | None = None):
+    """A rich Table of the summary: one row per column (metric and region), one column per statistic."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("region")
+    for stat in STATISTICS:
+        table.add_column(stat, justify="right")
+    for column in COLUMNS:
+        metric, region = column.split("_")
+        label = "HD95 (mm)" if metric == "Hausdorff95" else metric
+        digits = 2 if metric == "Hausdorff95" else 4
+        table.add_row(label, region, *(f"{summary[column][stat]:.{digits}f}" for stat in STATISTICS),
+                      end_section=region == "TC")
+    return table
