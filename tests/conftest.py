@@ -22,3 +22,15 @@ def real_data() -> Path:
     if not (REAL_DATA.is_dir() and any(REAL_DATA.iterdir())):
         pytest.skip(f"real BraTS data not found at {REAL_DATA} (set AGSEVNET_REAL_DATA to run this test)")
     return REAL_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for small-tensor tests: when other processes hold the cores, OpenMP's threads spin-wait
+    on each other and made such tests up to 50x slower. Results do not depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
