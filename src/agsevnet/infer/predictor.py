@@ -1,0 +1,385 @@
+"""Prediction: whole cases (files or arrays) to label maps on exactly the input grid.
+
+Per case: read -> the checkpoint's own preprocessing (:func:`agsevnet.preprocess.preprocess_case` with the
+checkpoint's ``"preprocess"`` entry, which crops to the brain) -> :func:`~agsevnet.infer.engine.predict_probabilities`
+-> argmax -> optional postprocessing (:func:`~agsevnet.infer.postprocess.relabel_small_enhancing`) ->
+:func:`~agsevnet.preprocess.uncrop` onto the input grid -> labels in the user's convention.
+
+- :func:`segment` works on arrays in memory (notebooks).
+- :func:`predict` is the batch runner behind ``agsevnet predict``: one NIfTI per case, ``OUT_DIR/<case>.nii.gz``
+  (uint8, same shape, affine, qform/sform and codes as the input), optionally ``OUT_DIR/<case>_prob.nii.gz``
+  (4D float32, last axis = internal classes in the order :data:`PROBABILITY_CLASSES`; NIfTI-1 has no float16
+  type, nibabel cannot write one, and other readers would not read it). Existing outputs are
+  skipped unless ``overwrite``; a case that fails is reported and the run goes on; the model is loaded once and
+  the next case is read in a background thread while the current one is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agsevnet import MODALITIES
+from agsevnet.data.case import Case, CaseSpec, Geometry
+from agsevnet.data.labels import CONVENTIONS, INTERNAL_LABELS, from_internal
+from agsevnet.errors import AgsevnetError, ConfigError, DataError
+from agsevnet.infer.postprocess import relabel_small_enhancing
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from agsevnet.preprocess import Preprocessed
+
+PROBABILITY_CLASSES: tuple[str, ...] = tuple(INTERNAL_LABELS.values())
+"""Order of the classes on the last axis of ``<case>_prob.nii.gz``: background, NCR/NET, edema, enhancing."""
+
+DEFAULT_ROI = (128, 128, 64)
+
+
+@dataclass
+class Prediction:
+    """One case's prediction on the input grid: internal labels (uint8, (X, Y, Z)) and, when asked for,
+    probabilities (float32, (num_classes, X, Y, Z))."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    strategy: str
+
+
+class Predictor:
+    """A model loaded once, its preprocessing and the inference settings; segments one case at a time.
+
+    Build it with :meth:`from_checkpoint` (a path or a loaded checkpoint dict) or directly from a module.
+    ``channels_last`` (default on) runs the network in ``channels_last_3d`` memory format: the default AGSE-VNet's
+    whole pass over a BraTS brain crop took 17% less CPU time with it in bf16 on this project's CPUs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        preprocess: Mapping[str, Any] | None = None,
+        channels: Sequence[str] = MODALITIES,
+        divisor: int | None = None,
+        roi_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
+        strategy: str = "auto",
+        tta: bool | int | Sequence[Sequence[int]] = False,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        et_threshold: int = 0,
+        sw_batch_size: int = 1,
+        channels_last: bool = True,
+        memory_budget: int | None = None,
+    ):
+        import torch
+
+        from agsevnet.infer.engine import STRATEGIES, resolve_precision, tta_flips
+
+        device = torch.device(device)
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is available to PyTorch")
+        if overlap < 0 or overlap >= 1:
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        if et_threshold < 0:
+            raise ConfigError(f"the enhancing-tumour threshold must be >= 0 voxels, got {et_threshold}")
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.tta = tta_flips(tta)  # validates early
+        self.preprocess = dict(preprocess or {})
+        self.channel_index = [MODALITIES.index(c) for c in channels]
+        self.divisor = divisor
+        self.roi_size = tuple(int(r) for r in (roi_size or DEFAULT_ROI))
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ConfigError(f"roi size must be three positive integers, got {roi_size}")
+        self.overlap = overlap
+        self.strategy = strategy
+        self.et_threshold = int(et_threshold)
+        self.sw_batch_size = sw_batch_size
+        self.channels_last = channels_last
+        self.memory_budget = memory_budget
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Mapping[str, Any], **options: Any) -> Predictor:
+        """A predictor for a checkpoint file or loaded dict: its architecture, weights, input channels,
+        preprocessing and patch size (the default sliding-window roi); ``options`` as for the constructor."""
+        from agsevnet.checkpoint import load_checkpoint, model_from_checkpoint
+        from agsevnet.models import required_divisor
+
+        path = None
+        if not isinstance(checkpoint, Mapping):
+            path = Path(checkpoint)
+            checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path)
+        options.setdefault("preprocess", checkpoint["preprocess"])
+        options.setdefault("channels", checkpoint["channels"])
+        options.setdefault("divisor", required_divisor(dict(checkpoint["model"])))
+        if options.get("roi_size") is None and checkpoint.get("patch_size"):
+            options["roi_size"] = checkpoint["patch_size"]
+        return cls(model, **options)
+
+    def probabilities(self, image: np.ndarray) -> torch.Tensor:
+        """Probabilities (C, x, y, z) of one preprocessed image in :data:`agsevnet.MODALITIES` order."""
+        from agsevnet.infer.engine import predict_probabilities
+
+        if self.channel_index != list(range(len(MODALITIES))):
+            image = image[self.channel_index]
+        return predict_probabilities(
+            self.model, image, roi_size=self.roi_size, overlap=self.overlap, strategy=self.strategy,
+            tta=self.tta, device=self.device, amp=self.precision, sw_batch_size=self.sw_batch_size,
+            divisor=self.divisor, memory_budget=self.memory_budget, channels_last=self.channels_last,
+        )
+
+    def strategy_for(self, shape: Sequence[int]) -> str:
+        """The strategy used for a crop of spatial ``shape``."""
+        from agsevnet.infer.engine import choose_strategy
+
+        return choose_strategy(self.model, shape, self.roi_size, strategy=self.strategy, device=self.device,
+                               divisor=self.divisor, memory_budget=self.memory_budget)
+
+    def preprocess_case(self, case: Case) -> Preprocessed:
+        """The checkpoint's preprocessing of a loaded case (cropped to the brain, normalised)."""
+        from agsevnet.preprocess import preprocess_case
+
+        return preprocess_case(case, **self.preprocess)
+
+    def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False) -> Prediction:
+        """Internal labels (and optionally probabilities) of a preprocessed case, on its original grid."""
+        import torch
+
+        from agsevnet.preprocess import uncrop
+
+        box, shape = pre.box, pre.original_shape
+        strategy = self.strategy_for(pre.image.shape[1:])
+        prob = self.probabilities(pre.image)
+        cropped = relabel_small_enhancing(torch.argmax(prob, dim=0).to(torch.uint8).numpy(), self.et_threshold)
+        labels = uncrop(cropped, box, shape, fill=0)
+        full = None
+        if with_probabilities:
+            # Outside the crop the model saw nothing: certain background.
+            full = np.stack([uncrop(p, box, shape, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob.numpy())])
+        return Prediction(labels=labels, probabilities=full, strategy=strategy)
+
+    def predict_case(self, case: Case, *, with_probabilities: bool = False) -> Prediction:
+        """Internal labels (and optionally probabilities) of a loaded case on its input grid."""
+        return self.predict_preprocessed(self.preprocess_case(case), with_probabilities=with_probabilities)
+
+
+def _as_predictor(checkpoint_or_model: Any, options: dict[str, Any]) -> Predictor:
+    from torch import nn
+
+    if isinstance(checkpoint_or_model, Predictor):
+        if options:
+            raise TypeError("options cannot be given with a ready Predictor")
+        return checkpoint_or_model
+    if isinstance(checkpoint_or_model, nn.Module):
+        return Predictor(checkpoint_or_model, **options)
+    return Predictor.from_checkpoint(checkpoint_or_model, **options)
+
+
+def segment(
+    images: np.ndarray,
+    checkpoint_or_model: str | Path | Mapping[str, Any] | nn.Module | Predictor,
+    *,
+    convention: str | None = None,
+    return_probabilities: bool = False,
+    **options: Any,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment raw images in memory.
+
+    ``images``: float array (4, X, Y, Z) in FLAIR, T1, T1ce, T2 order, raw intensities (not normalised).
+    ``checkpoint_or_model``: a checkpoint path or dict, a :class:`Predictor`, or an ``nn.Module`` (put in eval
+    mode on ``device``; pass ``preprocess=`` to match its training, the default is ``preprocess_case``'s).
+    ``options``: the :class:`Predictor` settings (``strategy``, ``tta``, ``device``, ``precision``,
+    ``et_threshold``, ...).
+
+    Returns uint8 labels (X, Y, Z) on the same grid, internal (0 background, 1 NCR/NET, 2 edema,
+    3 enhancing) or in ``convention`` ("brats2020": 1/2/4, "brats2023", "msd"); with
+    ``return_probabilities``, also the float32 probabilities (4, X, Y, Z) in internal class order.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[0] != len(MODALITIES):
+        raise ValueError(f"images must be (4, X, Y, Z) in {'/'.join(MODALITIES)} order, got shape {images.shape}")
+    if convention is not None and convention not in CONVENTIONS:
+        raise ValueError(f"unknown label convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    predictor = _as_predictor(checkpoint_or_model, options)
+    eye = np.eye(4)  # the grid is not used: the labels come back on the array's own voxels
+    geometry = Geometry(shape=tuple(images.shape[1:]), affine=eye, qform=eye, qform_code=0, sform=eye,
+                        sform_code=0, zooms=(1.0, 1.0, 1.0))
+    spec = CaseSpec(case_id="array", scheme="files", images={}, label=None, label_convention="brats2020")
+    result = predictor.predict_case(Case(spec=spec, images=images, label=None, geometry=geometry),
+                                    with_probabilities=return_probabilities)
+    labels = result.labels if convention is None else from_internal(result.labels, convention)
+    return (labels, result.probabilities) if return_probabilities else labels
+
+
+# ---------------------------------------------------------------------------------------------- batch runner
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case: ``written``, ``skipped`` (outputs existed) or ``failed`` (``message``)."""
+
+    case_id: str
+    status: str
+    output: Path | None = None
+    message: str = ""
+    seconds: float = 0.0
+    strategy: str = ""
+
+
+@dataclass
+class PredictSummary:
+    """All cases of a :func:`predict` run."""
+
+    results: list[CaseResult] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[CaseResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_status("failed")
+
+    def format(self) -> str:
+        """A human-readable summary: counts, mean time per written case, and every failure."""
+        written, skipped, failed = (self.by_status(s) for s in ("written", "skipped", "failed"))
+        line = f"{len(written)} written, {len(skipped)} skipped, {len(failed)} failed"
+        if skipped:
+            line += " (skipped: outputs exist; --overwrite redoes them)"
+        if written:
+            line += f"; {sum(r.seconds for r in written) / len(written):.1f} s per written case"
+        lines = [line]
+        lines += [f"  failed: {r.case_id}: {r.message}" for r in failed]
+        return "\n".join(lines)
+
+
+def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
+    """``OUT_DIR/<case>.nii.gz`` and ``OUT_DIR/<case>_prob.nii.gz``."""
+    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_prob.nii.gz"
+
+
+def find_cases(inputs: str | Path | None, files: Mapping[str, str | Path | None] | None = None,
+               case_id: str | None = None) -> list[CaseSpec]:
+    """The cases to segment: a case or dataset folder (any layout :func:`agsevnet.data.layouts.discover`
+    reads), or four explicit files ``files={"flair": ..., "t1": ..., "t1ce": ..., "t2": ...}``."""
+    from agsevnet.data.layouts import case_from_files, discover
+
+    given = {k: v for k, v in (files or {}).items() if v is not None}
+    if given:
+        if inputs is not None:
+            raise ConfigError("give either INPUT or the four files --flair --t1 --t1ce --t2, not both")
+        missing = [m for m in MODALITIES if m not in given]
+        if missing:
+            raise ConfigError(f"explicit input needs all four files; missing {', '.join('--' + m for m in missing)}")
+        return [case_from_files(given["flair"], given["t1"], given["t1ce"], given["t2"], case_id=case_id)]
+    if inputs is None:
+        raise ConfigError("give an INPUT folder or the four files --flair --t1 --t1ce --t2")
+    path = Path(inputs)
+    if not path.exists():
+        raise DataError("input not found", path)
+    return discover(path)
+
+
+def _spec_location(spec: CaseSpec) -> Path | str:
+    if spec.folder is not None:
+        return spec.folder
+    first = next(iter(spec.images.values()), None)
+    return first.path if first is not None else spec.case_id
+
+
+def predict(
+    inputs: str | Path | None,
+    checkpoint: str | Path | Mapping[str, Any] | Predictor,
+    out_dir: str | Path,
+    *,
+    files: Mapping[str, str | Path | None] | None = None,
+    case_id: str | None = None,
+    labels: str | None = None,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: bool = True,
+    raise_errors: bool = False,
+    **options: Any,
+) -> PredictSummary:
+    """Segment every case of ``inputs`` (see :func:`find_cases`) into ``out_dir``.
+
+    ``labels``: the output convention ("brats2020", "brats2023", "msd"); default: each case's own (that of
+    its source layout). ``options``: the :class:`Predictor` settings. A case whose outputs exist is skipped
+    unless ``overwrite``; a case that fails is recorded with its error (which names the file) and the run goes
+    on, unless ``raise_errors``. Returns the summary (``summary.ok`` is False when any case failed).
+    """
+    from tqdm.auto import tqdm
+
+    from agsevnet.data.io import load_case
+    from agsevnet.data.nifti import save_labels, save_nifti
+
+    if labels is not None and labels not in CONVENTIONS:
+        raise ConfigError(f"--labels must be one of {', '.join(CONVENTIONS)}, got {labels!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("output folder is a file", out_dir)
+    predictor = _as_predictor(checkpoint, options)
+    specs = find_cases(inputs, files, case_id)
+
+    summary = PredictSummary()
+    todo: list[CaseSpec] = []
+    for spec in specs:
+        seg_path, prob_path = output_paths(out_dir, spec.case_id)
+        done = seg_path.exists() and (prob_path.exists() or not save_probabilities)
+        if done and not overwrite:
+            summary.results.append(CaseResult(spec.case_id, "skipped", seg_path))
+        elif spec.problems:
+            summary.results.append(CaseResult(spec.case_id, "failed", message="; ".join(spec.problems)))
+        else:
+            todo.append(spec)
+
+    load = functools.partial(load_case, with_label=False)
+    bar = tqdm(total=len(todo), unit="case", desc="predict", disable=not progress or not todo, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agsevnet-read") as reader:
+        pending: Future[Case] | None = reader.submit(load, todo[0]) if todo else None
+        for i, spec in enumerate(todo):
+            start = time.perf_counter()
+            current, pending = pending, (reader.submit(load, todo[i + 1]) if i + 1 < len(todo) else None)
+            bar.set_postfix_str(spec.case_id)
+            seg_path, prob_path = output_paths(out_dir, spec.case_id)
+            try:
+                case = current.result()
+                del current  # the future holds the case too
+                geometry = case.geometry
+                pre = predictor.preprocess_case(case)
+                del case  # the raw images are not needed any more: keep the peak memory down
+                result = predictor.predict_preprocessed(pre, with_probabilities=save_probabilities)
+                del pre
+                if save_probabilities:
+                    save_nifti(prob_path, np.moveaxis(result.probabilities, 0, -1), geometry, np.float32)
+                save_labels(seg_path, from_internal(result.labels, labels or spec.label_convention), geometry)
+                summary.results.append(CaseResult(spec.case_id, "written", seg_path,
+                                                  seconds=time.perf_counter() - start, strategy=result.strategy))
+                del result
+            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch; reported below
+                if raise_errors:
+                    raise
+                message = str(exc) if isinstance(exc, AgsevnetError) else (
+                    f"{_spec_location(spec)}: {type(exc).__name__}: {exc}")
+                summary.results.append(CaseResult(spec.case_id, "failed", message=message))
+                bar.write(f"failed: {spec.case_id}: {message}")
+            bar.update(1)
+    bar.close()
+    order = {spec.case_id: i for i, spec in enumerate(specs)}
+    summary.results.sort(key=lambda r: order.get(r.case_id, len(order)))
+    return summary
