@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 from torch import nn
 
 from agsevnet.errors import ConfigError
@@ -97,6 +96,8 @@ class CategoricalDiceLoss(nn.Module):
         self.smooth = float(smooth)
         self.squared = bool(squared)
         self.ce_weight = float(ce_weight)
+        from monai.losses import DiceLoss  # lazily: importing MONAI costs ~1.5 s, prediction never needs it
+
         self._dice = DiceLoss(
             include_background=True,
             softmax=True,
