@@ -49,7 +49,8 @@ def _root(
 
 
 # Register the commands (each module adds its own to `app`).
-from agsevnet.cli import check, demo, evaluate, model, phantom, predict, preprocess, train  # noqa: E402,F401
+# in the order `agsevnet --help` lists them: the main job first, then the pipeline
+from agsevnet.cli import demo, phantom, check, preprocess, model, train, predict, evaluate  # noqa: E402,F401,I001
 
 
 def main(argv: list[str] | None = None) -> None:
