@@ -1,0 +1,199 @@
+"""The training data pipeline: fold split, patch sampling (foreground share, class balance, padding, bounds),
+stateless determinism (same patch for the same (seed, rank, step, index) whatever the loader), augmentation."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from agsevnet.config import load_config
+from agsevnet.errors import ConfigError
+from agsevnet.train.data import (
+    PatchDataset,
+    build_augmentation,
+    choose_patch,
+    fold_split,
+    make_loader,
+    memory_case,
+    padded_extent,
+    read_patch,
+    tumour_locations,
+)
+
+IDS = [f"case{i:03d}" for i in range(23)]
+
+
+# ------------------------------------------------------------------------------------------------ folds
+def test_folds_are_deterministic_disjoint_and_cover_every_case():
+    vals = []
+    for k in range(5):
+        train, val = fold_split(IDS, k, 5)
+        assert set(train).isdisjoint(val) and set(train) | set(val) == set(IDS)
+        assert fold_split(list(reversed(IDS)), k, 5) == (train, val)  # independent of listing order
+        vals.append(val)
+    assert sorted(c for v in vals for c in v) == sorted(IDS)  # each case validates in exactly one fold
+    assert max(map(len, vals)) - min(map(len, vals)) <= 1
+    assert fold_split(IDS, "all", 5) == (sorted(IDS), [])
+
+
+def test_fold_errors():
+    with pytest.raises(ConfigError, match="too few"):
+        fold_split(["a", "b"], 4, 5)
+    with pytest.raises(ConfigError, match="fold"):
+        fold_split(IDS, 5, 5)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def _case(shape=(60, 50, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(4, *shape)).astype(np.float16)
+    label = np.zeros(shape, np.uint8)
+    label[5:25, 5:25, 5:20] = 2  # a big edema blob in one corner
+    label[10:14, 10:14, 8:12] = 1
+    label[shape[0] - 3, shape[1] - 3, shape[2] - 3] = 3  # a single enhancing voxel far away
+    return memory_case("c", image, label)
+
+
+def test_tumour_locations_cover_each_label_and_are_capped_deterministically():
+    case = _case()
+    label = case.load()[1]
+    for c, idx in case.locations.items():
+        assert np.all(label.reshape(-1)[idx] == c)
+        assert idx.size == np.count_nonzero(label == c)
+    capped = tumour_locations(label, "c", max_per_class=50)
+    assert capped[2].size == 50 and np.array_equal(capped[2], tumour_locations(label, "c", max_per_class=50)[2])
+    assert set(capped) == {1, 2, 3}
+
+
+def test_foreground_share_and_class_balance():
+    case = _case(shape=(96, 96, 96))
+    patch = (16, 16, 16)
+    image, label = case.load()
+
+    def fraction(share, balanced, value):
+        ds = PatchDataset([case], patch, 1, seed=3, foreground_share=share, class_balanced=balanced)
+        hits = 0
+        for i in range(400):
+            _, lab, _, _, _ = ds.sample(i)
+            hits += bool(np.isin(lab, value).any())
+        return hits / 400
+
+    # uniform patches rarely touch the tumour (~2%); a third are centred on it
+    assert fraction(0.0, True, (1, 2, 3)) < 0.08
+    assert 0.27 < fraction(1 / 3, True, (1, 2, 3)) < 0.45
+    assert fraction(1.0, True, (1, 2, 3)) == 1.0
+    # class-balanced: the single enhancing voxel is the centre of about a third of foreground patches
+    assert 0.22 < fraction(1.0, True, 3) < 0.45
+    assert fraction(1.0, False, 3) < 0.02  # in proportion to voxel counts: almost never
+
+
+def test_small_cases_are_padded_and_patches_stay_inside_the_padded_volume():
+    rng = np.random.default_rng(0)
+    for shape, patch in [((10, 20, 30), (32, 32, 32)), ((40, 20, 33), (32, 32, 16)), ((32, 32, 32), (32, 32, 32))]:
+        case = _case(shape)
+        image, label = case.load()
+        size, before = padded_extent(shape, patch)
+        for _ in range(200):
+            start = choose_patch(case, patch, rng, foreground=bool(rng.random() < 0.5))
+            for s, p, b, n in zip(start, patch, before, size):
+                assert -b <= s and s + p <= n - b  # inside the padded volume
+            img, lab = read_patch(image, label, start, patch)
+            assert img.shape == (4, *patch) and lab.shape == patch
+            assert img.dtype == np.float32 and lab.dtype == np.uint8
+        if all(d <= p for d, p in zip(shape, patch)):  # the patch is the whole padded case: nothing lost
+            img, lab = read_patch(image, label, start, patch)
+            assert np.count_nonzero(lab) == np.count_nonzero(label)
+            assert np.isclose(img.sum(dtype=np.float64), image.astype(np.float64).sum())
+
+
+def test_read_patch_matches_numpy_padding():
+    case = _case((20, 30, 10))
+    image, label = case.load()
+    start, patch = (-3, 5, -4), (16, 16, 16)
+    img, lab = read_patch(image, label, start, patch)
+    padded = np.pad(label, [(3, 16), (0, 16), (4, 16)])
+    assert np.array_equal(lab, padded[0:16, 5:21, 0:16])
+
+
+def test_foreground_patches_contain_their_centre_voxel_even_at_the_border():
+    case = _case((60, 50, 40))
+    image, label = case.load()
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        start = choose_patch(case, (32, 32, 32), rng, foreground=True)
+        _, lab = read_patch(image, label, start, (32, 32, 32))
+        assert lab.any()
+
+
+# --------------------------------------------------------------------------------------------- determinism
+def test_items_are_a_function_of_seed_rank_step_and_index():
+    case = _case()
+    aug = build_augmentation(load_config("default")["augment"])
+    a = PatchDataset([case, _case(seed=1)], (32, 32, 32), 2, seed=5, foreground_share=0.33, augment=aug)
+    b = PatchDataset([case, _case(seed=1)], (32, 32, 32), 2, seed=5, foreground_share=0.33, augment=aug)
+    for i in (0, 7, 123):
+        x, y = a[i], b[i]
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+    other_rank = PatchDataset([case], (32, 32, 32), 2, seed=5, rank=1)
+    same_rank = PatchDataset([case], (32, 32, 32), 2, seed=5, rank=0)
+    assert not torch.equal(other_rank[4]["image"], same_rank[4]["image"])
+    assert not torch.equal(same_rank[4]["image"], same_rank[5]["image"])
+
+
+def test_loader_batches_do_not_depend_on_workers_or_start_step():
+    case = _case()
+    aug = build_augmentation(load_config("cpu-small")["augment"])
+    ds = PatchDataset([case, _case(seed=2)], (32, 32, 16), 2, seed=0, foreground_share=0.5, augment=aug)
+    serial = [b["image"] for b in make_loader(ds, 0, 6, workers=0)]
+    parallel = [b["image"] for b in make_loader(ds, 0, 6, workers=2)]
+    resumed = [b["image"] for b in make_loader(ds, 4, 6, workers=1)]
+    assert len(serial) == 6 and serial[0].shape == (2, 4, 32, 32, 16)
+    assert all(torch.equal(s, p) for s, p in zip(serial, parallel))
+    assert torch.equal(resumed[0], serial[4]) and torch.equal(resumed[1], serial[5])
+    # building a loader does not touch torch's global RNG (which dropout uses)
+    state = torch.get_rng_state()
+    next(iter(make_loader(ds, 0, 1, workers=0)))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_dataset_pickles_without_open_arrays():
+    ds = PatchDataset([_case()], (16, 16, 16), 1, seed=0)
+    ds[0]
+    assert ds._arrays
+    assert pickle.loads(pickle.dumps(ds))._arrays == {}
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+def test_augmentation_presets():
+    assert build_augmentation(load_config("paper")["augment"]) is None
+    names = [type(t).__name__ for t in build_augmentation(load_config("default")["augment"]).transforms]
+    for expected in ("RandAffined", "RandFlipd", "RandScaleIntensityd", "RandShiftIntensityd",
+                     "RandAdjustContrastd", "RandGaussianNoised"):
+        assert expected in names
+
+
+def test_spatial_augmentation_keeps_image_and_label_aligned():
+    shape = (24, 24, 24)
+    label = np.zeros(shape, np.uint8)
+    label[3:9, 4:15, 2:6] = 1
+    label[15:20, 10:22, 12:23] = 3
+    image = np.repeat(label[None].astype(np.float32), 4, axis=0)
+    cfg = dict(load_config("default")["augment"], affine_prob=0.0, intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0,
+               flip_prob=0.5)
+    ds = PatchDataset([memory_case("x", image, label)], shape, 1, seed=0, augment=build_augmentation(cfg))
+    flipped = 0
+    for i in range(12):
+        item = ds[i]
+        assert item["label"].dtype == torch.uint8 and item["label"].shape == (1, *shape)
+        assert torch.equal(item["image"][0].round().to(torch.uint8), item["label"][0])
+        flipped += not torch.equal(item["label"][0], torch.from_numpy(label))
+    assert flipped > 0  # the flips did something
+
+    cfg_affine = dict(cfg, flip_prob=0.0, affine_prob=1.0)
+    ds = PatchDataset([memory_case("x", image, label)], shape, 1, seed=0, augment=build_augmentation(cfg_affine))
+    item = ds[0]
+    agree = (item["image"][0].round().to(torch.uint8) == item["label"][0]).float().mean()
+    assert agree > 0.97 and set(item["label"].unique().tolist()) <= {0, 1, 3}
