@@ -287,12 +287,14 @@ class Trainer:
         self.val_on_train = not val_ids
         if self.val_on_train:
             val_ids = list(self.train_ids)
+        held_out = len(val_ids)
         if val_cfg["max_cases"] is not None:
             val_ids = val_ids[: int(val_cfg["max_cases"])]
         self.val_ids = val_ids
         if self.val_on_train and val_ids:
             self.say(f"note: fold 'all': validating on {len(val_ids)} training case(s); their Dice is optimistic")
-        self.say(f"fold {fold}: {len(self.train_ids)} training case(s), {len(self.val_ids)} validation case(s)")
+        limited = f" (the first {len(val_ids)} of {held_out}: validation.max_cases)" if len(val_ids) < held_out else ""
+        self.say(f"fold {fold}: {len(self.train_ids)} training case(s), {len(self.val_ids)} validation case(s){limited}")
         meta = load_cached(self.cache_dir, self.train_ids[0]).meta
         self.preprocess = {"normalization": meta["normalization"]["mode"], "margin": int(meta["margin"]),
                            "dtype": str(meta["dtype"])}
