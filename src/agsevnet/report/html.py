@@ -469,19 +469,13 @@ def build_report(
         raise DataError("nothing to report: no config.yaml, training metrics.csv, evaluation JSON/CSV, table or "
                         "figure found", directory)
 
+    # Results first (evaluation, then training curves), then the configuration (folded: it is long), then the rest.
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, html)
-    for path in found.configs:
-        text = path.read_text(errors="replace")
-        sections.append((f"config-{len(sections)}", f"Configuration: {path.relative_to(directory)}",
-                         f"<pre>{_e(text)}</pre>"))
-    if found.training:
-        sections.append(("training", "Training", "\n".join(_training_section(p, directory) for p in found.training)))
-
     budget = max_overlays
     for path, record in found.evaluations:
         pred_root, gt_root = record.get("pred", "?"), record.get("gt")
         body, drawn = _evaluation_section(
-            f"predictions {_short(pred_root, directory)} vs ground truth {_short(gt_root or '?', directory)}",
+            f"predictions: {_short(pred_root, directory)}, ground truth: {_short(gt_root or '?', directory)}",
             record["cases"], gt_root=Path(gt_root) if gt_root else None, overlays=budget, with_files=True,
             progress=progress)
         budget -= drawn
@@ -491,6 +485,13 @@ def build_report(
         body, _ = _evaluation_section(str(path.relative_to(directory)), cases, gt_root=None, overlays=0,
                                       with_files=False, progress=progress)
         sections.append((f"evaluation-{len(sections)}", f"Evaluation ({path.relative_to(directory)})", body))
+    if found.training:
+        sections.append(("training", "Training", "\n".join(_training_section(p, directory) for p in found.training)))
+    for path in found.configs:
+        text = path.read_text(errors="replace")
+        lines = text.count("\n") + 1
+        sections.append((f"config-{len(sections)}", f"Configuration: {path.relative_to(directory)}",
+                         f"<details><summary>{lines} lines (click to show)</summary><pre>{_e(text)}</pre></details>"))
     others = [_table_section(p, directory) for p in found.tables]
     others += [img_tag(p.read_bytes(), p.name, str(p.relative_to(directory))) for p in found.figures
                if p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"]
