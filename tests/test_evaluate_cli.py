@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from agsevnet import MODALITIES
-from agsevnet.cli import main
 from agsevnet.data.labels import from_internal
 from agsevnet.evaluate.metrics import COLUMNS, HD95_EMPTY, case_metrics
 from agsevnet.evaluate.summary import STATISTICS
+from helpers import run_cli
 
 SHAPE = (20, 22, 14)
 SPACING = (1.0, 1.2, 2.0)
@@ -49,14 +49,6 @@ def brats_dataset(root: Path, cases: dict[str, np.ndarray]) -> Path:
     return root
 
 
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 @pytest.fixture
 def cases() -> dict[str, np.ndarray]:
     return {"BraTS20_Training_001": tumour(1), "BraTS20_Training_002": tumour(2), "BraTS20_Training_003": tumour(3)}
@@ -84,7 +76,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_missing_prediction_is_an_error_naming_the_case(tmp_path, gt_dir, cases, capsys):
     predictions(tmp_path / "pred", cases, skip=("BraTS20_Training_003",))
-    assert run(["evaluate", str(tmp_path / "pred"), str(gt_dir), "--workers", "1"]) == 1
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(gt_dir), "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "BraTS20_Training_003" in err and "no prediction" in err
     assert "BraTS20_Training_001" not in err
@@ -95,7 +87,7 @@ def test_missing_empty_writes_csv_summary_and_json(tmp_path, gt_dir, cases, caps
     out, js = tmp_path / "res" / "metrics.csv", tmp_path / "res" / "metrics.json"
     argv = ["evaluate", str(tmp_path / "pred"), str(gt_dir), "--missing", "empty", "--out", str(out), "--json", str(js),
             "--workers", "2"]
-    assert run(argv) == 0
+    assert run_cli(argv) == 0
     printed = capsys.readouterr().out
     assert "Mean" in printed and "HD95" in printed and f"wrote {out}" in printed
 
@@ -129,15 +121,15 @@ def test_missing_empty_writes_csv_summary_and_json(tmp_path, gt_dir, cases, caps
     assert record["summary"]["Dice_WT"]["Mean"] == pytest.approx(dice_wt.mean())
     assert record["conventions"]["one_empty"]["Hausdorff95"] == HD95_EMPTY
 
-    assert run(argv) == 1  # outputs exist: not overwritten without --overwrite
+    assert run_cli(argv) == 1  # outputs exist: not overwritten without --overwrite
     assert "exists" in capsys.readouterr().err
-    assert run([*argv, "--overwrite"]) == 0
+    assert run_cli([*argv, "--overwrite"]) == 0
 
 
 def test_missing_skip_evaluates_only_the_predicted_cases(tmp_path, gt_dir, cases):
     predictions(tmp_path / "pred", cases, skip=("BraTS20_Training_003",))
     js = tmp_path / "m.json"
-    assert run(["evaluate", str(tmp_path / "pred"), str(gt_dir), "--missing", "skip", "--json", str(js)]) == 0
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(gt_dir), "--missing", "skip", "--json", str(js)]) == 0
     assert [c["case"] for c in json.loads(js.read_text())["cases"]] == ["BraTS20_Training_001", "BraTS20_Training_002"]
 
 
@@ -151,7 +143,7 @@ def test_prediction_naming_rules(tmp_path, gt_dir, cases, naming):
         save(pred / name, data)
         save(pred / f"{case_id}_prob.nii.gz", np.zeros((*SHAPE, 4), np.float32))  # predict's probabilities: ignored
     js = tmp_path / "m.json"
-    assert run(["evaluate", str(pred), str(gt_dir), "--json", str(js), "--workers", "1"]) == 0
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--json", str(js), "--workers", "1"]) == 0
     record = json.loads(js.read_text())
     assert [c["case"] for c in record["cases"]] == list(cases)
     assert all(c["metrics"]["Dice_ET"] == 1.0 for c in record["cases"])
@@ -166,13 +158,13 @@ def test_label_only_ground_truth_folder_and_single_files(tmp_path, cases):
     pred_file = save(tmp_path / "one" / "prediction.nii.gz", from_internal(shifted, "brats2020"))
     js = tmp_path / "m.json"
     # A single file against a single file: paired whatever the names.
-    assert run(["evaluate", str(pred_file), str(gt / "BraTS20_Training_002.nii.gz"), "--json", str(js)]) == 0
+    assert run_cli(["evaluate", str(pred_file), str(gt / "BraTS20_Training_002.nii.gz"), "--json", str(js)]) == 0
     (case,) = json.loads(js.read_text())["cases"]
     assert case["case"] == "BraTS20_Training_002" and 0 < case["metrics"]["Dice_WT"] < 1
     # A folder of label files only (no images) as ground truth.
     pred = tmp_path / "pred"
     predictions(pred, cases)
-    assert run(["evaluate", str(pred), str(gt), "--json", str(js), "--overwrite"]) == 0
+    assert run_cli(["evaluate", str(pred), str(gt), "--json", str(js), "--overwrite"]) == 0
     assert len(json.loads(js.read_text())["cases"]) == 3
 
 
@@ -181,13 +173,13 @@ def test_label_conventions_auto_and_override(tmp_path, gt_dir, cases, capsys):
     for case_id, labels in cases.items():  # written in the BraTS 2023 convention (3 = enhancing)
         save(pred / f"{case_id}.nii.gz", from_internal(labels, "brats2023"))
     js = tmp_path / "m.json"
-    assert run(["evaluate", str(pred), str(gt_dir), "--json", str(js)]) == 0
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--json", str(js)]) == 0
     record = json.loads(js.read_text())
     assert all(c["metrics"]["Dice_ET"] == 1.0 and c["metrics"]["Dice_TC"] == 1.0 for c in record["cases"])
     assert {c["pred_labels"] for c in record["cases"]} == {"brats2023"}
     assert {c["gt_labels"] for c in record["cases"]} == {"brats2020"}
     # Forcing BraTS 2020 on a file holding 3 is an error naming that file.
-    assert run(["evaluate", str(pred), str(gt_dir), "--labels", "brats2020"]) == 1
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--labels", "brats2020"]) == 1
     err = capsys.readouterr().err
     assert "error: " in err and str(pred) in err and "unexpected label values" in err
 
@@ -208,7 +200,7 @@ def test_msd_ground_truth_convention_is_followed(tmp_path):
     pred_labels[pred_labels == 1] = 2  # the prediction misses the non-enhancing core (calls it edema)
     save(tmp_path / "pred" / "BRATS_001.nii.gz", from_internal(pred_labels, "msd"))
     js = tmp_path / "m.json"
-    assert run(["evaluate", str(tmp_path / "pred"), str(root), "--json", str(js)]) == 0
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(root), "--json", str(js)]) == 0
     (case,) = json.loads(js.read_text())["cases"]
     assert case["gt_labels"] == case["pred_labels"] == "msd"
     assert case["metrics"] == pytest.approx(case_metrics(pred_labels, labels, SPACING), abs=1e-6)
@@ -226,7 +218,7 @@ def test_geometry_mismatch_names_both_files(tmp_path, gt_dir, cases, capsys, wha
         shifted = AFFINE.copy()
         shifted[0, 3] += 2.0
         save(pred / f"{case_id}.nii.gz", from_internal(cases[case_id], "brats2020"), shifted)
-    assert run(["evaluate", str(pred), str(gt_dir), "--workers", "2"]) == 1
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--workers", "2"]) == 1
     err = capsys.readouterr().err
     assert str(pred / f"{case_id}.nii.gz") in err and str(gt_dir / case_id / f"{case_id}_seg.nii.gz") in err
     assert what in err

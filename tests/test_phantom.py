@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from agsevnet.cli import main
 from agsevnet.data.labels import allowed_values, to_internal
 from agsevnet.data.layouts import discover
 from agsevnet.data.phantom import (
@@ -26,6 +25,7 @@ from agsevnet.data.phantom import (
     write_phantom_dataset,
 )
 from agsevnet.errors import ConfigError, OutputExistsError
+from helpers import run_cli
 
 SHAPE = (48, 48, 32)
 SEEDS = (0, 1, 2, 3)
@@ -57,14 +57,6 @@ def phantoms() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def files_under(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,16 +260,16 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
 def test_cli_writes_cases_and_refuses_a_non_empty_folder(tmp_path, capsys):
     out = tmp_path / "data"
     argv = ["phantom", str(out), "--cases", "2", "--seed", "4", "--shape", "48", "48", "32", "--naming", "brats2023"]
-    assert run(argv + ["--workers", "1"]) == 0
+    assert run_cli(argv + ["--workers", "1"]) == 0
     assert f"in {out}" in capsys.readouterr().out
     assert [s.case_id for s in discover(out)] == ["Phantom-00001-000", "Phantom-00002-000"]
     images, labels = make_phantom(case_seed(4, 2), SHAPE)
     seg = np.asarray(nib.load(out / "Phantom-00002-000" / "Phantom-00002-000-seg.nii.gz").dataobj)
     assert np.array_equal(to_internal(seg, "brats2023"), labels)
 
-    assert run(argv) == 1
+    assert run_cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}: ") and "--overwrite" in err
-    assert run(argv + ["--overwrite", "--no-labels", "--workers", "1"]) == 0
-    assert run(["phantom", str(tmp_path / "bad"), "--shape", "8", "8", "8"]) == 1
-    assert run(["phantom", str(tmp_path / "bad"), "--naming", "brats2019"]) == 2  # usage error
+    assert run_cli(argv + ["--overwrite", "--no-labels", "--workers", "1"]) == 0
+    assert run_cli(["phantom", str(tmp_path / "bad"), "--shape", "8", "8", "8"]) == 1
+    assert run_cli(["phantom", str(tmp_path / "bad"), "--naming", "brats2019"]) == 2  # usage error

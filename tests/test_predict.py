@@ -13,12 +13,12 @@ from torch import nn
 
 from agsevnet import MODALITIES
 from agsevnet.checkpoint import make_checkpoint, save_checkpoint
-from agsevnet.cli import main
 from agsevnet.data.labels import allowed_values, from_internal, to_internal
 from agsevnet.data.phantom import make_phantom, write_phantom_dataset
 from agsevnet.infer.postprocess import relabel_small_enhancing
 from agsevnet.infer.predictor import Predictor, predict, segment
 from agsevnet.preprocess import brain_mask, crop_box, normalize
+from helpers import run_cli
 
 SHAPE = (48, 48, 32)
 NARROW = {"name": "agsevnet", "base_width": 4, "depth": 3, "dropout": 0.0}
@@ -77,14 +77,6 @@ def _write_case(folder: Path, case_id: str, images: np.ndarray, affine: np.ndarr
         paths[modality] = folder / f"{case_id}_{modality}.nii.gz"
         nib.save(img, paths[modality])
     return paths
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 # ------------------------------------------------------------------------------------------ arrays
@@ -185,7 +177,7 @@ def test_batch_with_a_broken_case_resume_and_overwrite(tmp_path, checkpoint, cap
     argv = ["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(out), "--strategy", "whole",
             "--quiet"]
 
-    assert _run(argv) == 1
+    assert run_cli(argv) == 1
     err = capsys.readouterr().err
     assert str(broken) in err and "1 failed" in err
     good = sorted(p.name for p in out.glob("*.nii.gz"))
@@ -193,15 +185,15 @@ def test_batch_with_a_broken_case_resume_and_overwrite(tmp_path, checkpoint, cap
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files left
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
 
-    assert _run(argv) == 1  # the broken case still fails; the others are skipped, not redone
+    assert run_cli(argv) == 1  # the broken case still fails; the others are skipped, not redone
     assert "2 skipped" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == mtimes
 
     broken.unlink()
-    assert _run(argv) == 1  # a missing modality is reported too
+    assert run_cli(argv) == 1  # a missing modality is reported too
     assert "t1" in capsys.readouterr().err
 
-    assert _run([*argv, "--overwrite"]) == 1
+    assert run_cli([*argv, "--overwrite"]) == 1
     assert all(p.stat().st_mtime_ns != t for p, t in mtimes.items())
 
 
@@ -211,18 +203,18 @@ def test_explicit_four_files(tmp_path, checkpoint, capsys):
     argv = ["predict", "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--quiet", "--strategy",
             "sliding", "--roi", "32", "32", "16", "--overlap", "0.25", "--precision", "fp32",
             *[x for m in MODALITIES for x in (f"--{m}", str(files[m]))]]
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     assert "1 written" in capsys.readouterr().out
     out = nib.load(tmp_path / "out" / "Solo.nii.gz")
     assert out.shape == SHAPE and out.get_data_dtype() == np.uint8
-    assert _run(argv[:-2]) == 1  # --t2 missing
+    assert run_cli(argv[:-2]) == 1  # --t2 missing
     assert "--t2" in capsys.readouterr().err
 
 
 def test_a_bad_checkpoint_is_named(tmp_path, capsys):
     bad = tmp_path / "model.pt"
     bad.write_text("not a model")
-    assert _run(["predict", str(tmp_path), "--model", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert run_cli(["predict", str(tmp_path), "--model", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert f"error: {bad}" in capsys.readouterr().err
 
 
@@ -236,7 +228,7 @@ def test_real_cases(real_data, tmp_path):
     tiny = {"name": "agsevnet", "base_width": 4, "depth": 2, "enc_convs": [1, 1], "dec_convs": 1, "dropout": 0.0}
     checkpoint = _random_checkpoint(tmp_path / "tiny.pt", tiny)
     out = tmp_path / "out"
-    assert _run(["predict", str(real_data), "--model", str(checkpoint), "--out", str(out), "--strategy", "whole",
+    assert run_cli(["predict", str(real_data), "--model", str(checkpoint), "--out", str(out), "--strategy", "whole",
                  "--quiet"]) == 0
     cases = sorted(p for p in real_data.iterdir() if p.is_dir())
     for case in cases:

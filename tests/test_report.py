@@ -14,7 +14,8 @@ from PIL import Image
 
 from agsevnet.data.labels import from_internal
 from agsevnet.report import figures
-from test_evaluate_cli import AFFINE, brats_dataset, predictions, run, save, tumour
+from helpers import run_cli
+from test_evaluate_cli import AFFINE, brats_dataset, predictions, save, tumour
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOTES = "phantom-trained model: for demonstration, not for patients"
@@ -120,7 +121,7 @@ def run_dir(tmp_path) -> Path:
     cases = {f"BraTS20_Training_00{i}": tumour(i) for i in range(1, 4)}
     brats_dataset(root / "data", cases)
     predictions(root / "pred", cases, skip=("BraTS20_Training_003",))
-    assert run(["evaluate", str(root / "pred"), str(root / "data"), "--missing", "empty",
+    assert run_cli(["evaluate", str(root / "pred"), str(root / "data"), "--missing", "empty",
                 "--out", str(root / "eval" / "metrics.csv"), "--json", str(root / "eval" / "metrics.json")]) == 0
     train = root / "run"
     train.mkdir()
@@ -135,7 +136,7 @@ def run_dir(tmp_path) -> Path:
 
 def test_report_is_self_contained_with_metrics_curves_overlays_and_3d(run_dir, capsys):
     out = run_dir / "report.html"
-    assert run(["report", str(run_dir), "-o", str(out), "--title", "Demo run", "--notes", NOTES]) == 0
+    assert run_cli(["report", str(run_dir), "-o", str(out), "--title", "Demo run", "--notes", NOTES]) == 0
     html = out.read_text()
     pngs = assert_self_contained(html)
     assert NOTES in html and "<title>Demo run</title>" in html
@@ -153,7 +154,7 @@ def test_report_is_self_contained_with_metrics_curves_overlays_and_3d(run_dir, c
     assert len(pngs) == 1 + 1 + 3 + 1  # curves, box plots, overlays, 3D
     assert "metrics_summary.csv" not in html  # the evaluation's own CSVs are not repeated as "other" tables
 
-    assert run(["report", str(run_dir), "-o", str(out)]) == 1  # exists: not overwritten
+    assert run_cli(["report", str(run_dir), "-o", str(out)]) == 1  # exists: not overwritten
     assert "exists" in capsys.readouterr().err
 
 
@@ -164,7 +165,7 @@ def test_report_limits_overlays_and_works_without_training(run_dir):
     robustness = run_dir / "robustness.csv"
     robustness.write_text("snr,Dice_ET,Dice_WT,Dice_TC\n30,0.8,0.9,0.85\n10,0.5,0.7,0.6\n")
     out = run_dir / "r.html"
-    assert run(["report", str(run_dir), "-o", str(out), "--max-overlays", "1"]) == 0
+    assert run_cli(["report", str(run_dir), "-o", str(out), "--max-overlays", "1"]) == 0
     html = out.read_text()
     assert_self_contained(html)
     assert "training curves" not in html and "slices of" not in html
@@ -174,13 +175,13 @@ def test_report_limits_overlays_and_works_without_training(run_dir):
 
 def test_report_max_overlays(run_dir):
     out = run_dir / "r.html"
-    assert run(["report", str(run_dir), "-o", str(out), "--max-overlays", "1"]) == 0
+    assert run_cli(["report", str(run_dir), "-o", str(out), "--max-overlays", "1"]) == 0
     assert len(re.findall(r'alt="slices of ', out.read_text())) == 1
 
 
 def test_report_on_an_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert run(["report", str(tmp_path / "empty")]) == 1
+    assert run_cli(["report", str(tmp_path / "empty")]) == 1
     assert "nothing to report" in capsys.readouterr().err
 
 
@@ -188,8 +189,8 @@ def test_overlay_of_a_case_without_image_still_draws(tmp_path):
     labels = tumour(4)
     save(tmp_path / "gt" / "case.nii.gz", from_internal(labels, "brats2020"))
     save(tmp_path / "pred" / "case.nii.gz", from_internal(labels, "brats2020"))
-    assert run(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json", str(tmp_path / "e.json")]) == 0
-    assert run(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json", str(tmp_path / "e.json")]) == 0
+    assert run_cli(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert_self_contained(html)
     assert "image not found" in html and len(re.findall(r'alt="slices of ', html)) == 1

@@ -15,7 +15,6 @@ from PIL import Image
 from torch import nn
 
 from agsevnet import REGIONS
-from agsevnet.cli import main
 from agsevnet.data.phantom import make_phantom, write_phantom_dataset
 from agsevnet.errors import OutputExistsError
 from agsevnet.infer.predictor import Predictor
@@ -24,6 +23,7 @@ from agsevnet.report.robustness import (
     CSV_NAME, JSON_NAME, PLOT_NAME, PROGRESS_NAME, TABLE_COLUMNS, add_kspace_noise, level_rng, measured_snr,
     noisy_images, run_robustness,
 )
+from helpers import run_cli
 
 SHAPE = (48, 48, 48)
 PREPROCESS = {"normalization": "brain", "margin": 2, "dtype": "float32"}
@@ -204,14 +204,6 @@ def test_a_stopped_run_resumes_where_it_stopped(data, stand_in, result, tmp_path
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_cli_writes_the_table_and_plot(tmp_path, capsys):
     from agsevnet.checkpoint import make_checkpoint, save_checkpoint
     from agsevnet.models import build_model
@@ -224,7 +216,7 @@ def test_cli_writes_the_table_and_plot(tmp_path, capsys):
                                                                    {"preprocess": PREPROCESS}, step=7,
                                                                    patch_size=(32, 32, 32)))
     out = tmp_path / "out"
-    assert _run(["robustness", str(data), "--model", str(ckpt), "--out", str(out), "--snr", "20,5", "-q"]) == 0
+    assert run_cli(["robustness", str(data), "--model", str(ckpt), "--out", str(out), "--snr", "20,5", "-q"]) == 0
     printed = capsys.readouterr().out
     assert "SNR 20" in printed and "SNR 5" in printed and "clean" in printed
     record = json.loads((out / JSON_NAME).read_text())
@@ -232,12 +224,12 @@ def test_cli_writes_the_table_and_plot(tmp_path, capsys):
     assert record["settings"]["checkpoint_step"] == 7
     assert all((out / name).is_file() for name in (CSV_NAME, PLOT_NAME))
     # Existing results, bad levels and unlabelled data are one-line errors.
-    assert _run(["robustness", str(data), "--model", str(ckpt), "--out", str(out), "--snr", "20"]) == 1
-    assert _run(["robustness", str(data), "--model", str(ckpt), "--out", str(tmp_path / "o2"), "--snr", "x"]) == 1
-    assert _run(["robustness", str(data), "--model", str(ckpt), "--out", str(tmp_path / "o3"), "--snr", "-5"]) == 1
+    assert run_cli(["robustness", str(data), "--model", str(ckpt), "--out", str(out), "--snr", "20"]) == 1
+    assert run_cli(["robustness", str(data), "--model", str(ckpt), "--out", str(tmp_path / "o2"), "--snr", "x"]) == 1
+    assert run_cli(["robustness", str(data), "--model", str(ckpt), "--out", str(tmp_path / "o3"), "--snr", "-5"]) == 1
     unlabelled = tmp_path / "unlabelled"
     write_phantom_dataset(unlabelled, 1, seed=9, shape=(32, 32, 32), with_labels=False)
-    assert _run(["robustness", str(unlabelled), "--model", str(ckpt), "--out", str(tmp_path / "o4")]) == 1
+    assert run_cli(["robustness", str(unlabelled), "--model", str(ckpt), "--out", str(tmp_path / "o4")]) == 1
     errors = capsys.readouterr().err
     assert "exists" in errors and "--snr takes numbers" in errors and "positive" in errors
     assert "needs ground truth" in errors
