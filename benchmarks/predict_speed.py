@@ -49,7 +49,7 @@ OP_GROUPS = {
 
 
 def _child_agsevnet(args: argparse.Namespace) -> dict:
-    from agsevnet.cli.predict import tune_cpu_runtime
+    from agsevnet.cli.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()  # as `agsevnet predict` does: before torch allocates anything
     import torch
@@ -106,7 +106,7 @@ def _profile(predictor, case_dir: str) -> dict:
 
 
 def _child_monai(args: argparse.Namespace) -> dict:
-    from agsevnet.cli.predict import tune_cpu_runtime
+    from agsevnet.cli.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
     import torch

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import typer
 
 from agsevnet.cli import app
-
-
-def cpu_runtime() -> None:
-    """Prediction's CPU settings (:func:`agsevnet.cli.predict.tune_cpu_runtime`), and OpenMP threads that sleep
-    instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``, read when torch loads OpenMP, so only set
-    before torch is imported; a user's own setting wins). When other programs share the cores, spinning threads
-    wait on each other for whole scheduler slices: cpu-small training steps ran 2-13x faster with it on this
-    project's shared 2-core machine, and the demo's training 7-17x (3.7 vs 0.2-0.5 steps/s at the same load)."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from agsevnet.cli.predict import tune_cpu_runtime
-
-    tune_cpu_runtime()
+from agsevnet.cli.runtime import tune_cpu_runtime
 
 
 @app.command("demo")
@@ -38,7 +24,7 @@ def demo_command(
 
     Example: agsevnet demo --out agsevnet-demo --minutes 5
     """
-    cpu_runtime()
+    tune_cpu_runtime(passive_wait=True)
     from agsevnet.demo import DISCLAIMER, format_summary, run_demo
 
     typer.echo(DISCLAIMER + "\n", err=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from agsevnet.cli import app
+from agsevnet.cli.runtime import tune_cpu_runtime
 from agsevnet.errors import ConfigError
 
 
@@ -48,9 +49,7 @@ def robustness_command(
     Example: agsevnet robustness agsevnet-demo/data/test --model agsevnet-demo/run/last.pt --out robustness
     """
     if device == "cpu":
-        from agsevnet.cli.demo import cpu_runtime
-
-        cpu_runtime()
+        tune_cpu_runtime(passive_wait=True)
     from rich.console import Console
 
     from agsevnet.report.robustness import CSV_NAME, DEFAULT_SNRS, JSON_NAME, PLOT_NAME, run_robustness, table

@@ -5,14 +5,13 @@ Several GPUs (or CPU processes): ``torchrun --nproc_per_node N -m agsevnet train
 
 from __future__ import annotations
 
-import os
-import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 
 from agsevnet.cli import app
+from agsevnet.cli.runtime import tune_cpu_runtime
 from agsevnet.errors import ConfigError
 
 
@@ -64,12 +63,7 @@ def train_command(
     Examples: agsevnet train BraTS2021 --out runs/f0 --config default --fold 0;
     agsevnet train phantoms --out /tmp/run --config cpu-small --steps 200.
     """
-    if "torch" not in sys.modules:
-        # Read by torch when it loads (a user's own setting wins): PyTorch's huge-page allocator (1.3-1.6x faster
-        # 3D convolutions on the CPU here) and OpenMP threads that sleep while waiting (on a shared CPU, spinning
-        # threads made cpu-small training steps 2-13x slower, see agsevnet.cli.demo.cpu_runtime). Harmless on a GPU.
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tune_cpu_runtime(passive_wait=True, all_threads=False)  # harmless on a GPU; torchrun sets the threads
     from agsevnet.train.trainer import format_summary, train
 
     sets = list(overrides)
