@@ -115,13 +115,16 @@ def add_kspace_noise(
 
 
 def noisy_images(
-    images: np.ndarray, snr: float, rng: np.random.Generator, *, restore_background: bool = True
+    images: np.ndarray, snr: float, rng: np.random.Generator, *, restore_background: bool = True,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Every modality of ``images`` (C, X, Y, Z) through :func:`add_kspace_noise` at ``snr``, each with its own
-    sigma (from its own mean brain intensity) over the shared brain mask (non-zero in any modality)."""
-    from agsevnet.preprocess import brain_mask
+    sigma (from its own mean brain intensity) over the shared brain mask (non-zero in any modality; pass
+    ``mask`` when it is already computed)."""
+    if mask is None:
+        from agsevnet.preprocess import brain_mask
 
-    mask = brain_mask(images)
+        mask = brain_mask(images)
     return np.stack([add_kspace_noise(channel, snr, rng, mask=mask, restore_background=restore_background)
                      for channel in images])
 
@@ -357,7 +360,7 @@ def run_robustness(
                         images, measured = case.images, None
                     else:
                         images = noisy_images(case.images, snr, level_rng(seed, spec.case_id, snr),
-                                              restore_background=restore_background)
+                                              restore_background=restore_background, mask=mask)
                         measured = float(np.mean([measured_snr(c, n, mask) for c, n in zip(case.images, images)]))
                     labels = predictor.predict_case(replace(case, images=images)).labels
                     result = {"level": level_name(snr), "snr": snr, "case": spec.case_id, "measured_snr": measured,
