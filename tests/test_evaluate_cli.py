@@ -92,8 +92,9 @@ def test_missing_empty_writes_csv_summary_and_json(tmp_path, gt_dir, cases, caps
     assert "Mean" in printed and "HD95" in printed and f"wrote {out}" in printed
 
     with out.open(newline="") as f:
-        assert next(csv.reader(f)) == ["case", *COLUMNS]
+        assert next(csv.reader(f)) == ["case", *COLUMNS, "hd95_rule"]
     rows = {row["case"]: row for row in read_csv(out)}
+    assert {row["hd95_rule"] for row in rows.values()} == {"pooled"}  # the default rule, named in every row
     assert list(rows) == list(cases)
     first, second, missing = rows.values()
     assert all(float(first[f"Dice_{r}"]) == 1.0 and float(first[f"Hausdorff95_{r}"]) == 0.0 for r in ("ET", "WT", "TC"))
@@ -104,7 +105,7 @@ def test_missing_empty_writes_csv_summary_and_json(tmp_path, gt_dir, cases, caps
     assert 0 < expected["Dice_WT"] < 1
 
     summary = {row["statistic"]: row for row in read_csv(out.with_name("metrics_summary.csv"))}
-    assert list(summary) == list(STATISTICS)
+    assert list(summary) == list(STATISTICS) and {r["hd95_rule"] for r in summary.values()} == {"pooled"}
     dice_wt = np.array([float(r["Dice_WT"]) for r in rows.values()])
     assert float(summary["Mean"]["Dice_WT"]) == pytest.approx(dice_wt.mean())
     assert float(summary["Median"]["Dice_WT"]) == pytest.approx(np.median(dice_wt))
@@ -120,6 +121,8 @@ def test_missing_empty_writes_csv_summary_and_json(tmp_path, gt_dir, cases, caps
     assert shifted["spacing"] == pytest.approx(SPACING) and shifted["gt_labels"] == "brats2020"
     assert record["summary"]["Dice_WT"]["Mean"] == pytest.approx(dice_wt.mean())
     assert record["conventions"]["one_empty"]["Hausdorff95"] == HD95_EMPTY
+    assert record["hd95_rule"] == "pooled" and "pooled" in record["conventions"]["hausdorff95"]
+    assert {c["hd95_rule"] for c in record["cases"]} == {"pooled"}
 
     assert run_cli(argv) == 1  # outputs exist: not overwritten without --overwrite
     assert "exists" in capsys.readouterr().err
@@ -207,18 +210,114 @@ def test_msd_ground_truth_convention_is_followed(tmp_path):
     assert case["metrics"]["Dice_WT"] == 1.0 and case["metrics"]["Dice_TC"] < 1.0
 
 
-@pytest.mark.parametrize("what", ["shape", "affine"])
-def test_geometry_mismatch_names_both_files(tmp_path, gt_dir, cases, capsys, what):
+def test_shape_mismatch_names_both_files(tmp_path, gt_dir, cases, capsys):
     pred = tmp_path / "pred"
     predictions(pred, cases)
     case_id = "BraTS20_Training_002"
-    if what == "shape":
-        save(pred / f"{case_id}.nii.gz", np.zeros((20, 22, 13), np.uint8))
-    else:
-        shifted = AFFINE.copy()
-        shifted[0, 3] += 2.0
-        save(pred / f"{case_id}.nii.gz", from_internal(cases[case_id], "brats2020"), shifted)
+    save(pred / f"{case_id}.nii.gz", np.zeros((20, 22, 13), np.uint8))
     assert run_cli(["evaluate", str(pred), str(gt_dir), "--workers", "2"]) == 1
     err = capsys.readouterr().err
     assert str(pred / f"{case_id}.nii.gz") in err and str(gt_dir / case_id / f"{case_id}_seg.nii.gz") in err
-    assert what in err
+    assert "shape" in err
+
+
+def test_an_affine_that_differs_warns_once_per_file_and_strict_geometry_stops(tmp_path, gt_dir, cases, capsys):
+    """Other tools often write an identity affine: on a grid of the same shape the arrays are compared as they
+    are, with one warning per such file saying what differs; --strict-geometry makes it an error."""
+    pred = tmp_path / "pred"
+    preds = predictions(pred, cases)
+    identity, shifted = "BraTS20_Training_002", "BraTS20_Training_003"
+    save(pred / f"{identity}.nii.gz", from_internal(preds[identity], "brats2020"), np.eye(4))
+    moved = AFFINE.copy()
+    moved[0, 3] += 2.0
+    save(pred / f"{shifted}.nii.gz", from_internal(preds[shifted], "brats2020"), moved)
+    js = tmp_path / "m.json"
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--workers", "2", "--json", str(js)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    by_file = {case_id: next(w for w in warnings if str(pred / f"{case_id}.nii.gz") in w) for case_id in (identity, shifted)}
+    assert "voxel size" in by_file[identity] and "axis directions RAS vs LPS" in by_file[identity]
+    assert "origin [21.0, 25.0, -3.0] vs [19.0, 25.0, -3.0]" in by_file[shifted] and "voxel size" not in by_file[shifted]
+    assert str(gt_dir / shifted / f"{shifted}_seg.nii.gz") in by_file[shifted]
+    record = json.loads(js.read_text())
+    by_case = {c["case"]: c for c in record["cases"]}
+    assert by_case["BraTS20_Training_001"]["warnings"] == [] and len(by_case[identity]["warnings"]) == 1
+    for case_id in (identity, shifted):  # scored on the arrays, with the ground truth's spacing
+        assert by_case[case_id]["metrics"] == pytest.approx(case_metrics(preds[case_id], cases[case_id], SPACING), abs=1e-6)
+
+    assert run_cli(["evaluate", str(pred), str(gt_dir), "--workers", "1", "--strict-geometry"]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and str(pred / f"{identity}.nii.gz") in err and "affine differs" in err
+    assert str(gt_dir / identity / f"{identity}_seg.nii.gz") in err
+
+
+def _msd_labels_only(folder: Path, cases: dict[str, np.ndarray]) -> Path:
+    for i, labels in enumerate(cases.values(), start=1):
+        save(folder / f"BRATS_{i:03d}.nii.gz", from_internal(labels, "msd"))
+    return folder
+
+
+def test_label_values_without_a_layout_need_labels(tmp_path, cases, capsys):
+    """MSD labels 1/2/3 in a folder of label files only: auto cannot tell BraTS 2023 from MSD (necrosis and
+    edema swap), so it stops naming the folder; --labels msd evaluates them; --pred-labels lets the
+    predictions use another convention."""
+    gt = _msd_labels_only(tmp_path / "labelsTr", cases)
+    pred = tmp_path / "pred"
+    for i, labels in enumerate(cases.values(), start=1):
+        save(pred / f"BRATS_{i:03d}.nii.gz", from_internal(labels, "brats2023"))
+    assert run_cli(["evaluate", str(pred), str(gt), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and f"{gt} is no recognised dataset layout" in err and "--labels" in err
+    js = tmp_path / "m.json"
+    # --labels msd alone reads the BraTS 2023 predictions as MSD too: necrosis and edema swapped, TC wrong.
+    assert run_cli(["evaluate", str(pred), str(gt), "--labels", "msd", "--json", str(js)]) == 0
+    record = json.loads(js.read_text())
+    assert all(c["metrics"]["Dice_TC"] < 0.9 and c["metrics"]["Dice_WT"] == 1.0 for c in record["cases"])
+    assert run_cli(["evaluate", str(pred), str(gt), "--labels", "msd", "--pred-labels", "brats2023", "--json", str(js),
+                    "--overwrite"]) == 0
+    record = json.loads(js.read_text())
+    assert all(c["metrics"]["Dice_TC"] == 1.0 and c["metrics"]["Dice_ET"] == 1.0 for c in record["cases"])
+    assert {(c["gt_labels"], c["pred_labels"]) for c in record["cases"]} == {("msd", "brats2023")}
+    assert record["labels"] == "msd" and record["pred_labels"] == "brats2023"
+    # A file holding 4 can only be BraTS 2018-2021: auto reads it without a layout.
+    gt20 = tmp_path / "gt20"
+    for i, labels in enumerate(cases.values(), start=1):
+        save(gt20 / f"BRATS_{i:03d}.nii.gz", from_internal(labels, "brats2020"))
+    assert run_cli(["evaluate", str(pred), str(gt20), "--json", str(js), "--overwrite"]) == 0
+    assert {c["gt_labels"] for c in json.loads(js.read_text())["cases"]} == {"brats2020"}
+
+
+def test_the_labels_folder_of_an_msd_dataset_takes_the_dataset_convention(tmp_path, cases):
+    root = tmp_path / "Task01_BrainTumour"
+    _msd_labels_only(root / "labelsTr", cases)
+    rng = np.random.default_rng(2)
+    for i in range(1, len(cases) + 1):
+        save(root / "imagesTr" / f"BRATS_{i:03d}.nii.gz", rng.integers(1, 500, (*SHAPE, 4)).astype(np.int16))
+    pred = tmp_path / "pred"
+    for i, labels in enumerate(cases.values(), start=1):
+        save(pred / f"BRATS_{i:03d}.nii.gz", from_internal(labels, "msd"))
+    js = tmp_path / "m.json"
+    assert run_cli(["evaluate", str(pred), str(root / "labelsTr"), "--json", str(js)]) == 0
+    record = json.loads(js.read_text())
+    assert {(c["gt_labels"], c["pred_labels"]) for c in record["cases"]} == {("msd", "msd")}
+    assert all(c["metrics"]["Dice_TC"] == 1.0 for c in record["cases"])
+
+
+def test_hd95_max_rule_is_named_in_every_output(tmp_path, gt_dir, cases, capsys):
+    from agsevnet.evaluate.metrics import HD95_EMPTY_MAX
+
+    preds = predictions(tmp_path / "pred", cases, skip=("BraTS20_Training_003",))
+    out, js = tmp_path / "res" / "metrics.csv", tmp_path / "res" / "metrics.json"
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(gt_dir), "--missing", "empty", "--hd95", "max",
+                    "--out", str(out), "--json", str(js), "--workers", "1"]) == 0
+    assert "HD95 rule: max" in capsys.readouterr().out
+    rows = {row["case"]: row for row in read_csv(out)}
+    assert {row["hd95_rule"] for row in rows.values()} == {"max"}
+    assert float(rows["BraTS20_Training_003"]["Hausdorff95_WT"]) == HD95_EMPTY_MAX == 374.0
+    expected = case_metrics(preds["BraTS20_Training_002"], cases["BraTS20_Training_002"], SPACING, hd95="max")
+    assert float(rows["BraTS20_Training_002"]["Hausdorff95_WT"]) == pytest.approx(expected["Hausdorff95_WT"], abs=1e-6)
+    assert {row["hd95_rule"] for row in read_csv(out.with_name("metrics_summary.csv"))} == {"max"}
+    record = json.loads(js.read_text())
+    assert record["hd95_rule"] == "max" and "larger of the two directed" in record["conventions"]["hausdorff95"]
+    assert record["conventions"]["one_empty"]["Hausdorff95"] == 374.0
+    assert {c["hd95_rule"] for c in record["cases"]} == {"max"}

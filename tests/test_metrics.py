@@ -228,3 +228,75 @@ def test_real_label_maps_against_perturbed_copies(real_data, case, convention, h
     spacing = spacing or tuple(float(z) for z in img.header.get_zooms()[:3])
     ours = assert_matches_medpy(_perturb(gt, how), gt, spacing, hd_margin=20)
     assert 0.3 < ours["Dice_WT"] < 1.0 and ours["Hausdorff95_WT"] > 0
+
+
+# ------------------------------------------------------------------------------------ Hausdorff95 rules
+
+
+def _brute_force_hd95_max(pred: np.ndarray, gt: np.ndarray, spacing) -> float:
+    """The ``max`` rule from first principles: surface voxels found by comparing each voxel with its six
+    neighbours (outside the volume is background), every pairwise distance in mm, the 95th percentile of each
+    direction's nearest distances, the larger of the two."""
+
+    def surface_points(mask: np.ndarray) -> np.ndarray:
+        padded = np.pad(mask, 1)
+        inner = padded[1:-1, 1:-1, 1:-1]
+        interior = inner.copy()
+        for axis in range(3):
+            for step in (-1, 1):
+                interior &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(inner & ~interior) * np.asarray(spacing, dtype=np.float64)
+
+    from scipy.spatial.distance import cdist
+
+    d = cdist(surface_points(pred), surface_points(gt))
+    return max(float(np.percentile(d.min(axis=1), 95)), float(np.percentile(d.min(axis=0), 95)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_max_rule_matches_a_brute_force_computation(seed):
+    rng = np.random.default_rng(seed)
+    spacing = tuple(rng.uniform(0.7, 2.2, 3))
+    shape = (18, 16, 12)
+    gt = ndimage.binary_dilation(rng.random(shape) > 0.985, iterations=2)
+    pred = ndimage.binary_dilation(rng.random(shape) > 0.99, iterations=1)
+    pred[0, :4, :] = True  # touches the volume border
+    expected = _brute_force_hd95_max(pred, gt, spacing)
+    ours = binary_metrics(pred, gt, spacing, hd95="max")["Hausdorff95"]
+    assert ours == pytest.approx(expected, abs=1e-9)
+    pooled = binary_metrics(pred, gt, spacing)["Hausdorff95"]
+    assert pooled == pytest.approx(medpy_binary.hd95(pred, gt, voxelspacing=spacing, connectivity=1), abs=HD_TOL)
+    assert ours >= pooled - 1e-9  # the pooled percentile lies between the two directed ones
+
+
+def test_hd95_max_differs_from_pooled_where_the_directions_disagree():
+    """The ground truth and a prediction with the same ball plus a small false positive away from it: every
+    ground-truth surface voxel lies on the prediction's surface (distance 0), and the false positive holds about
+    8% of the prediction's surface voxels, so its directed 95th percentile is the false positive's distance while
+    the pooled one (about 4% of all distances) stays 0."""
+    spacing = (1.0, 1.0, 1.0)
+    shape = (36, 30, 30)
+    gt = np.zeros(shape, np.uint8)
+    gt[ball(shape, (12, 15, 15), 8, spacing)] = 2
+    pred = gt.copy()
+    pred[ball(shape, (29, 15, 15), 2.5, spacing)] = 2
+    pooled = case_metrics(pred, gt, spacing)["Hausdorff95_WT"]
+    strict = case_metrics(pred, gt, spacing, hd95="max")["Hausdorff95_WT"]
+    assert strict == pytest.approx(_brute_force_hd95_max(pred > 0, gt > 0, spacing), abs=1e-9)
+    assert pooled == 0.0 and strict > 8.0
+
+
+def test_hd95_rules_for_empty_masks():
+    from agsevnet.evaluate.metrics import HD95_EMPTY_MAX, HD95_RULES
+
+    shape = (10, 10, 10)
+    some = np.zeros(shape, np.uint8)
+    some[3:6, 3:6, 3:6] = 3
+    empty = np.zeros(shape, np.uint8)
+    assert set(HD95_RULES) == {"pooled", "max"} and HD95_EMPTY_MAX == 374.0
+    for a, b in ((some, empty), (empty, some)):
+        assert case_metrics(a, b, hd95="max")["Hausdorff95_ET"] == 374.0
+        assert case_metrics(a, b)["Hausdorff95_ET"] == HD95_EMPTY  # the default stays the pooled rule
+    assert all(v == 0.0 for k, v in case_metrics(empty, empty, hd95="max").items() if k.startswith("Hausdorff"))
+    with pytest.raises(ValueError, match="Hausdorff95 rule"):
+        case_metrics(some, some, hd95="mean")

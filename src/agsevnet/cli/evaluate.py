@@ -24,6 +24,11 @@ class Labels(str, Enum):
     msd = "msd"
 
 
+class Hd95(str, Enum):
+    pooled = "pooled"
+    max = "max"
+
+
 @app.command("evaluate")
 def evaluate_command(
     pred: Path = typer.Argument(..., help="Prediction file, or folder of them (flat or one folder per case)."),
@@ -40,8 +45,25 @@ def evaluate_command(
     ),
     labels: Labels = typer.Option(
         Labels.auto, "--labels",
-        help="Label convention of both files. auto: MSD if the ground truth's dataset is MSD, "
-        "else a file holding 4 is brats2020, one holding 3 brats2023.",
+        help="Label convention of the ground truth (and of the predictions unless --pred-labels). auto: the "
+        "dataset layout's (MSD: msd; BraTS: a file holding 4 is brats2020, one holding 3 brats2023); label "
+        "files without a recognised layout: 4 means brats2020, other tumour values stop with an error.",
+    ),
+    pred_labels: Labels | None = typer.Option(
+        None, "--pred-labels",
+        help="Label convention of the predictions, when it differs from the ground truth's (default: as "
+        "--labels; auto: the ground truth's family, the values decide).", show_default=False,
+    ),
+    hd95: Hd95 = typer.Option(
+        Hd95.pooled, "--hd95",
+        help="Hausdorff95 rule. pooled: 95th percentile of both directions' distances pooled (medpy hd95, "
+        "BraTS 2020; 373.13 where one mask is empty). max: the larger of the two directed 95th percentiles "
+        "(paper eq. 19, BraTS 2023 ranking; 374 where one mask is empty).",
+    ),
+    strict_geometry: bool = typer.Option(
+        False, "--strict-geometry",
+        help="A prediction whose affine differs from the ground truth's is an error (default: a warning, "
+        "and the voxel arrays are compared when the grid shapes agree).",
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Parallel processes (default: up to 4, one per 4 cases).", show_default=False
@@ -49,16 +71,22 @@ def evaluate_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Dice, sensitivity, specificity and Hausdorff95 (mm) of ET, WT and TC per case, as the BraTS 2020 online
-    evaluation computes them, and their summary (mean, std, median, quartiles) as in the paper's Table 1."""
+    evaluation computes them (--hd95 max: the Hausdorff95 of the paper's eq. 19 and BraTS 2023), and their
+    summary (mean, std, median, quartiles) as in the paper's Table 1."""
     from rich.console import Console
 
     from agsevnet.evaluate.runner import evaluate
     from agsevnet.evaluate.summary import check_outputs, evaluation_record, summary_path, summary_table, write_outputs
 
     check_outputs([out, None if out is None else summary_path(out), json_path], overwrite)
-    evaluation = evaluate(pred, gt, labels=labels.value, missing=missing.value, workers=workers)
+    evaluation = evaluate(pred, gt, labels=labels.value, missing=missing.value, workers=workers,
+                          pred_labels=None if pred_labels is None else pred_labels.value, hd95=hd95.value,
+                          strict_geometry=strict_geometry)
     record = evaluation_record(evaluation)
-    Console().print(summary_table(record["summary"], title=f"BraTS metrics of {len(record['cases'])} case(s)"))
+    for warning in evaluation.warnings:  # one per prediction whose affine differs from its ground truth's
+        typer.echo(f"warning: {warning}", err=True)
+    Console().print(summary_table(record["summary"], title=f"BraTS metrics of {len(record['cases'])} case(s) "
+                                  f"(HD95 rule: {hd95.value})"))
     n_missing = sum(case["missing_prediction"] for case in record["cases"])
     if n_missing:
         typer.echo(f"{n_missing} case(s) had no prediction and were scored as empty")

@@ -2,8 +2,10 @@
 
 Ground truths: a dataset folder or case folder in any layout :func:`agsevnet.data.layouts.discover` reads
 (BraTS 2018-2021 and 2023+ with the ``_seg`` / ``-seg`` file next to the images, MSD Task01 and nnU-Net
-``labelsTr``) gives each case's id, label file and label convention; a folder that is no dataset (label files
-only) or a single label file is read by file name like the predictions.
+``labelsTr``) gives each case's id, label file and label convention; so does the ``labelsTr`` / ``labelsTs``
+folder of an MSD or nnU-Net dataset passed on its own (or a file in it: the dataset around it is read). A
+folder that is no dataset (label files only) or a single label file is read by file name like the predictions,
+with no convention (:mod:`agsevnet.evaluate.runner` then asks for ``--labels`` where the values cannot tell).
 
 Predictions (and label-only ground-truth folders): a label file's case id comes from its name,
 ``<case>.nii.gz``, ``<case>_seg.nii.gz`` or ``<case>-seg.nii.gz`` (``.nii`` too), searched recursively so flat
@@ -79,14 +81,28 @@ def find_label_files(root: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _labelled_specs(folder: Path) -> list:
+    """The labelled cases of the dataset layout of ``folder``, or of the MSD / nnU-Net dataset whose
+    ``labels*`` folder it is (those with their label in ``folder``); [] when no layout is recognised."""
+    try:
+        return [spec for spec in discover(folder) if spec.label is not None]
+    except DataError:  # not a dataset layout (e.g. a folder of label files only)
+        pass
+    if folder.name.lower().startswith("labels") and (folder.parent / f"images{folder.name[6:]}").is_dir():
+        try:
+            here = folder.resolve()
+            return [spec for spec in discover(folder.parent)
+                    if spec.label is not None and Path(spec.label).parent.resolve() == here]
+        except DataError:
+            pass
+    return []
+
+
 def ground_truth_files(root: Path) -> dict[str, tuple[Path, str | None]]:
     """Case id -> (label file, label convention of its dataset layout or None), sorted by case id."""
     root = Path(root)
     folder = root.parent if root.is_file() else root
-    try:
-        specs = [spec for spec in discover(folder) if spec.label is not None]
-    except DataError:  # not a dataset layout (e.g. a folder of label files only): go by file names
-        specs = []
+    specs = _labelled_specs(folder)
     if root.is_file():
         for spec in specs:
             if Path(spec.label).resolve() == root.resolve():

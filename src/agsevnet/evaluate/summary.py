@@ -6,11 +6,13 @@ Summary statistics per column, as in the paper's Table 1 and the BraTS online ev
 
 Files (every one written atomically):
 
-- ``<out>.csv``: one row per case, columns ``case`` and :data:`agsevnet.evaluate.metrics.COLUMNS`;
-- ``<out>_summary.csv``: one row per statistic, columns ``statistic`` and the same 12 columns;
-- the JSON (``format: agsevnet-evaluation``): the per-case rows with the prediction and ground-truth paths and
-  the label conventions used, the summary, and the conventions of the metrics. :func:`load_evaluation` reads
-  it back (the report uses it to find the files of each case).
+- ``<out>.csv``: one row per case, columns ``case``, :data:`agsevnet.evaluate.metrics.COLUMNS` and
+  ``hd95_rule`` (the Hausdorff95 rule that produced the ``Hausdorff95_*`` figures: ``pooled`` or ``max``);
+- ``<out>_summary.csv``: one row per statistic, columns ``statistic``, the same 12 columns and ``hd95_rule``;
+- the JSON (``format: agsevnet-evaluation``): the per-case rows with the prediction and ground-truth paths,
+  the label conventions used, the Hausdorff95 rule and any geometry warning, the summary, and the conventions
+  of the metrics (``hd95_rule`` at the top level, with its sentence under ``conventions``).
+  :func:`load_evaluation` reads it back (the report uses it to find the files of each case).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from agsevnet import __version__
 from agsevnet.errors import DataError, OutputExistsError
-from agsevnet.evaluate.metrics import COLUMNS, HD95_EMPTY
+from agsevnet.evaluate.metrics import COLUMNS, HD95_EMPTY, HD95_RULES, hd95_empty
 from agsevnet.fsutil import write_json_atomic, write_text_atomic
 
 FORMAT = "agsevnet-evaluation"
@@ -35,11 +37,23 @@ STATISTICS: tuple[str, ...] = ("Mean", "StdDev", "Median", "25quantile", "75quan
 
 CONVENTIONS_TEXT: dict[str, Any] = {
     "regions": {"ET": "enhancing tumour", "TC": "necrotic/non-enhancing core + enhancing", "WT": "all tumour labels"},
-    "hausdorff95": "95th percentile of the pooled surface-to-surface distances in mm (medpy hd95, connectivity 1)",
+    "hausdorff95": HD95_RULES["pooled"],
     "both_empty": {"Dice": 1.0, "Sensitivity": 1.0, "Specificity": 1.0, "Hausdorff95": 0.0},
     "one_empty": {"Dice": 0.0, "Hausdorff95": HD95_EMPTY},
     "source": "BraTS 2020 online evaluation, as reimplemented by nnU-Net (Task082_BraTS_2020.py) and medpy",
 }
+"""The metric conventions under the ``pooled`` Hausdorff95 rule (the default); :func:`conventions_text`
+gives those of either rule."""
+
+
+def conventions_text(hd95: str = "pooled") -> dict[str, Any]:
+    """The metric conventions recorded in the JSON for the Hausdorff95 rule ``hd95``."""
+    text = {**CONVENTIONS_TEXT, "hausdorff95": HD95_RULES[hd95],
+            "one_empty": {"Dice": 0.0, "Hausdorff95": hd95_empty(hd95)}}
+    if hd95 == "max":
+        text["source"] = ("BraTS 2020 online evaluation (Dice, sensitivity, specificity, empty masks); Hausdorff95 "
+                          "as in the paper's eq. 19 and the BraTS 2023 ranking code")
+    return text
 
 
 def summarize(rows: Iterable[Mapping[str, float]], columns: Iterable[str] = COLUMNS) -> dict[str, dict[str, float]]:
@@ -79,15 +93,18 @@ def _fmt(value: float) -> str:
     return repr(float(value))  # shortest round-tripping form: the CSV loses no precision
 
 
-def case_csv_text(cases: Iterable[Mapping[str, Any]]) -> str:
-    """CSV text of per-case rows (``{"case": id, "metrics": {...}}``, the JSON's case entries)."""
-    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS)] for case in cases)
-    return _csv_text(["case", *COLUMNS], rows)
+def case_csv_text(cases: Iterable[Mapping[str, Any]], hd95: str = "pooled") -> str:
+    """CSV text of per-case rows (``{"case": id, "metrics": {...}}``, the JSON's case entries); the last
+    column, ``hd95_rule``, names the Hausdorff95 rule (a case's own ``hd95_rule``, else ``hd95``)."""
+    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS), case.get("hd95_rule", hd95)]
+            for case in cases)
+    return _csv_text(["case", *COLUMNS, "hd95_rule"], rows)
 
 
-def summary_csv_text(summary: Mapping[str, Mapping[str, float]]) -> str:
-    rows = ([stat, *(_fmt(summary[c][stat]) for c in COLUMNS)] for stat in STATISTICS)
-    return _csv_text(["statistic", *COLUMNS], rows)
+def summary_csv_text(summary: Mapping[str, Mapping[str, float]], hd95: str = "pooled") -> str:
+    """CSV text of the summary: one row per statistic, the 12 columns and ``hd95_rule``."""
+    rows = ([stat, *(_fmt(summary[c][stat]) for c in COLUMNS), hd95] for stat in STATISTICS)
+    return _csv_text(["statistic", *COLUMNS, "hd95_rule"], rows)
 
 
 def evaluation_record(evaluation) -> dict[str, Any]:
@@ -100,9 +117,12 @@ def evaluation_record(evaluation) -> dict[str, Any]:
         "pred": str(evaluation.pred_root),
         "gt": str(evaluation.gt_root),
         "labels": evaluation.labels,
+        "pred_labels": evaluation.labels if evaluation.pred_labels is None else evaluation.pred_labels,
         "missing": evaluation.missing,
+        "hd95_rule": evaluation.hd95,
+        "strict_geometry": evaluation.strict_geometry,
         "columns": list(COLUMNS),
-        "conventions": CONVENTIONS_TEXT,
+        "conventions": conventions_text(evaluation.hd95),
         "unmatched_predictions": list(evaluation.unmatched_predictions),
         "cases": cases,
         "summary": summarize(case["metrics"] for case in cases),
@@ -120,8 +140,9 @@ def write_outputs(record: Mapping[str, Any], csv_path: Path | None = None, json_
     """Write the per-case CSV and its ``_summary.csv`` (when ``csv_path``) and the JSON; the paths written."""
     written: list[Path] = []
     if csv_path is not None:
-        write_text_atomic(csv_path, case_csv_text(record["cases"]))
-        write_text_atomic(summary_path(csv_path), summary_csv_text(record["summary"]))
+        hd95 = record.get("hd95_rule", "pooled")  # records written before the rule was an option were pooled
+        write_text_atomic(csv_path, case_csv_text(record["cases"], hd95))
+        write_text_atomic(summary_path(csv_path), summary_csv_text(record["summary"], hd95))
         written += [Path(csv_path), summary_path(csv_path)]
     if json_path is not None:
         write_json_atomic(json_path, record)
