@@ -169,9 +169,11 @@ def test_dataset_pickles_without_open_arrays():
 # ------------------------------------------------------------------------------------------- augmentation
 def test_augmentation_presets():
     assert build_augmentation(load_config("paper")["augment"]) is None
-    names = [type(t).__name__ for t in build_augmentation(load_config("default")["augment"]).transforms]
-    for expected in ("RandAffined", "RandFlipd", "RandScaleIntensityd", "RandShiftIntensityd",
-                     "RandAdjustContrastd", "RandGaussianNoised"):
+    aug = build_augmentation(load_config("default")["augment"])
+    assert aug.affine_prob > 0 and type(aug.warp((32, 32, 32))).__name__ == "RandAffined"
+    names = [type(t).__name__ for t in aug.rest.transforms]
+    for expected in ("RandFlipd", "RandScaleIntensityd", "RandShiftIntensityd", "RandAdjustContrastd",
+                     "RandGaussianNoised"):
         assert expected in names
 
 
@@ -197,3 +199,77 @@ def test_spatial_augmentation_keeps_image_and_label_aligned():
     item = ds[0]
     agree = (item["image"][0].round().to(torch.uint8) == item["label"][0]).float().mean()
     assert agree > 0.97 and set(item["label"].unique().tolist()) <= {0, 1, 3}
+
+
+# ------------------------------------------------------------------------ issue 11: scale and padding fixes
+def test_affine_warp_reads_a_larger_region_so_no_empty_corners_come_in():
+    """A rotated/scaled patch is cut from the middle of a warped larger region (nnU-Net), not warped itself:
+    inside a uniform volume every voxel of the augmented patch is image, none is padding."""
+    shape, patch = (64, 64, 64), (16, 16, 16)
+    image = np.ones((4, *shape), np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[30:34, 30:34, 30:34] = 2
+    cfg = dict(load_config("default")["augment"], affine_prob=1.0, flip_prob=0.0, intensity_prob=0.0, gamma_prob=0.0,
+               noise_prob=0.0, rotate_deg=15.0, scale=0.1)
+    ds = PatchDataset([memory_case("u", image, label)], patch, 1, seed=0, foreground_share=1.0,
+                      augment=build_augmentation(cfg))
+    for i in range(8):
+        item = ds[i]
+        assert item["image"].shape == (4, *patch)
+        assert torch.allclose(item["image"], torch.ones_like(item["image"]), atol=1e-5), f"item {i} has padded corners"
+
+
+def test_affine_context_covers_the_rotated_and_scaled_patch():
+    from agsevnet.train.data import affine_context
+
+    assert affine_context((16, 16, 16), 0.0, 0.0) == (18, 18, 18)
+    ctx = affine_context((128, 128, 64), 15.0, 0.1)
+    assert all((c - p) % 2 == 0 and c > p for c, p in zip(ctx, (128, 128, 64)))
+    # a 15 degree rotation about one axis alone needs cos + sin = 1.22 times the extent, times the 1.1 zoom
+    assert ctx[0] >= 128 * 1.22 * 1.1
+
+
+def test_padding_uses_the_background_value_of_whole_image_normalisation():
+    """Under ``preprocess.normalization=image`` the background is -mean/std per channel, not 0: patches reaching
+    past a small case (and the warped region) are padded with it."""
+    from agsevnet.preprocess import background_values, normalize
+
+    rng = np.random.default_rng(0)
+    raw = np.zeros((4, 12, 12, 12), np.float32)
+    raw[:, 3:9, 3:9, 3:9] = rng.uniform(50, 100, size=(4, 6, 6, 6))
+    image, stats = normalize(raw, mode="image")
+    image = image.astype(np.float16)
+    meta = {"normalization": stats, "dtype": "float16"}
+    bg = background_values(meta)
+    assert np.array_equal(np.asarray(bg, np.float16), image[:, 0, 0, 0])  # exactly the stored background
+    assert all(v < -0.1 for v in bg)
+    assert background_values({"normalization": {"mode": "brain", "mean": [1.0] * 4, "std": [2.0] * 4}}) == [0.0] * 4
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[5:7, 5:7, 5:7] = 1
+    case = memory_case("s", image, label, background=bg)
+    ds = PatchDataset([case], (24, 24, 24), 1, seed=0)
+    img = ds[0]["image"].numpy()
+    corner = img[:, 0, 0, 0]  # the case is 12^3 inside a 24^3 patch: the corner is padding
+    assert np.allclose(corner, bg), (corner, bg)
+    assert not np.isclose(img, 0).all(axis=0).any()  # no voxel is 0 in every channel: no zero padding anywhere
+    cfg = dict(load_config("default")["augment"], affine_prob=1.0, flip_prob=0.0, intensity_prob=0.0, gamma_prob=0.0,
+               noise_prob=0.0)
+    warped = PatchDataset([case], (24, 24, 24), 1, seed=0, augment=build_augmentation(cfg))[0]["image"].numpy()
+    assert np.allclose(warped[:, 0, 0, 0], bg, atol=1e-3)
+
+
+def test_loader_keeps_a_bounded_number_of_cases_open():
+    from agsevnet.train import data as D
+
+    cases = [_case(shape=(20, 20, 20), seed=i) for i in range(12)]
+    opened = []
+    for c in cases:
+        inner = c.load
+        c.load = (lambda inner=inner, cid=c.case_id: (opened.append(cid), inner())[1])
+    ds = PatchDataset(cases, (8, 8, 8), 4, seed=0)
+    ds._max_open = 3
+    for i in range(200):
+        ds.sample(i)
+        assert len(ds._arrays) <= 3
+    assert len(opened) > 12  # cases were closed and opened again
+    assert D.open_case_limit() >= 1

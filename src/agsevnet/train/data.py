@@ -9,9 +9,19 @@ step still to train.
 Sampling (after nnU-Net): a case is chosen uniformly; with probability ``foreground_share`` the patch is centred
 on a tumour voxel (the tumour label drawn uniformly among the labels the case has when ``class_balanced``, so small
 enhancing regions are seen as often as edema; otherwise in proportion to their voxel counts), else its position
-is uniform. Cases smaller than the patch along an axis are padded symmetrically to the patch size (zeros: the
-same padding MONAI's sliding-window inference applies, so the network sees the same thing at training and at
-prediction time; the brain-normalised background is zero too). Every patch lies inside that padded volume.
+is uniform. Cases smaller than the patch along an axis are padded symmetrically to the patch size with the
+case's background value per channel (:attr:`PatchCase.background`: 0 under brain normalisation, ``-mean/std``
+under whole-image normalisation, where the background is not zero), so padding looks like the scan's own
+background. Every patch lies inside that padded volume.
+
+Spatial augmentation (after nnU-Net): when the affine warp (rotation, scaling) fires, a region larger than the
+patch (:func:`affine_context`, centred on the patch) is read, warped about its centre, and the patch cut from
+the middle of the result. Warping the patch itself would pull empty (padded) corners into it; the larger
+region holds real image there. Flips and intensity transforms then act on the patch.
+
+Open files: each cached case a process reads is a pair of memory maps, one file descriptor each. A process
+keeps at most :func:`open_case_limit` cases open (least recently used closed first), so a loader process over
+a full BraTS training set (about 1,000 cases per fold) stays far below the usual limit of 1,024 open files.
 
 Fold split (``fold_split``): case ids are ordered by the SHA-256 hash of the id and dealt round-robin into
 ``folds`` folds: fold sizes differ by at most one, the split depends on nothing but the set of ids (not on the
@@ -25,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +50,22 @@ MAX_LOCATIONS_PER_CLASS = 10_000
 """Tumour voxels remembered per label and case for foreground sampling (a deterministic random subset)."""
 
 TUMOUR_LABELS: tuple[int, ...] = (1, 2, 3)
+
+MAX_OPEN_CASES = 32
+"""Cached cases one process keeps memory-mapped at most (two file descriptors each); see :func:`open_case_limit`.
+Reopening an evicted case costs a ``meta.json`` read and two ``np.load`` calls (well under a millisecond; the
+data stay in the page cache), against milliseconds to read and augment a patch."""
+
+
+def open_case_limit() -> int:
+    """Cases this process may keep open: :data:`MAX_OPEN_CASES`, or fewer when the open-files soft limit is
+    low (at most a sixteenth of it for the cases' descriptors, the rest for Python, torch and the loader)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_CASES
+    return max(1, min(MAX_OPEN_CASES, int(soft) // 16))
 
 
 # --------------------------------------------------------------------------------------------------- folds
@@ -76,7 +103,7 @@ class _InMemory:
 
 
 class _Cached:
-    """A picklable loader that memory-maps a cached case (opened lazily, once per process)."""
+    """A picklable loader that memory-maps a cached case (opened lazily; see :func:`open_case_limit`)."""
 
     def __init__(self, cache_dir: str, case_id: str):
         self.cache_dir, self.case_id = cache_dir, case_id
@@ -94,13 +121,15 @@ class PatchCase:
 
     ``locations`` maps each tumour label present to flat voxel indices (a deterministic subset of at most
     :data:`MAX_LOCATIONS_PER_CLASS`). ``load`` returns ``(image (C, X, Y, Z), label (X, Y, Z))``, typically
-    memory maps; it is called once per process and its result kept.
+    memory maps; its result is kept while the case is among the process's recently used ones.
+    ``background``: the value of the image's background per channel, which padding uses (None: 0).
     """
 
     case_id: str
     shape: tuple[int, int, int]
     locations: dict[int, np.ndarray]
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    background: tuple[float, ...] | None = None
 
 
 def tumour_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_LOCATIONS_PER_CLASS) -> dict[int, np.ndarray]:
@@ -119,18 +148,20 @@ def tumour_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_L
     return out
 
 
-def memory_case(case_id: str, image: np.ndarray, label: np.ndarray) -> PatchCase:
-    """A :class:`PatchCase` for arrays in memory: image ``(C, X, Y, Z)``, internal labels ``(X, Y, Z)``."""
+def memory_case(case_id: str, image: np.ndarray, label: np.ndarray, background: Sequence[float] | None = None) -> PatchCase:
+    """A :class:`PatchCase` for arrays in memory: image ``(C, X, Y, Z)``, internal labels ``(X, Y, Z)``;
+    ``background``: the image's background value per channel (None: 0)."""
     if image.ndim != 4 or image.shape[1:] != label.shape:
         raise ValueError(f"{case_id}: image {image.shape} and label {label.shape} do not match (C, X, Y, Z) / (X, Y, Z)")
-    return PatchCase(case_id, tuple(label.shape), tumour_locations(label, case_id), _InMemory(image, label))
+    bg = None if background is None else tuple(float(v) for v in background)
+    return PatchCase(case_id, tuple(label.shape), tumour_locations(label, case_id), _InMemory(image, label), bg)
 
 
 def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False) -> list[PatchCase]:
     """:class:`PatchCase` objects for cached cases (labels read once to find the tumour voxels)."""
     from tqdm.auto import tqdm
 
-    from agsevnet.preprocess import load_cached
+    from agsevnet.preprocess import background_values, load_cached
 
     out = []
     for case_id in tqdm(case_ids, desc="indexing tumour voxels", unit="case", disable=not progress, leave=False):
@@ -139,7 +170,9 @@ def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False
             from agsevnet.errors import DataError
 
             raise DataError("cached case has no label: training needs labelled cases", f"{cache_dir}/{case_id}")
-        out.append(PatchCase(case_id, tuple(pre.label.shape), tumour_locations(pre.label, case_id), _Cached(str(cache_dir), case_id)))
+        out.append(PatchCase(case_id, tuple(pre.label.shape), tumour_locations(pre.label, case_id),
+                             _Cached(str(cache_dir), case_id), tuple(background_values(pre.meta))))
+        del pre  # drop the memory maps (and their file descriptors) before the next case
     return out
 
 
@@ -173,16 +206,20 @@ def choose_patch(case: PatchCase, patch: Sequence[int], rng: np.random.Generator
     return tuple(s - b for s, b in zip(start, before))  # type: ignore[return-value]
 
 
-def read_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The patch at ``start`` (may be negative) as float32 image and uint8 label arrays, zero outside the volume."""
+def read_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int], patch: Sequence[int],
+               background: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The patch at ``start`` (may be negative) as float32 image and uint8 label arrays; outside the volume the
+    label is 0 and the image the ``background`` value of each channel (None: 0)."""
     shape = label.shape
+    patch = tuple(int(p) for p in patch)
     src = tuple(slice(max(s, 0), min(s + p, d)) for s, p, d in zip(start, patch, shape))
     img = np.array(image[(slice(None), *src)], dtype=np.float32)  # copies: out of the (read-only) memory map
     lab = np.array(label[src], dtype=np.uint8)
-    if img.shape[1:] == tuple(patch):
+    if img.shape[1:] == patch:
         return img, lab
-    out_img = np.zeros((image.shape[0], *patch), dtype=np.float32)
-    out_lab = np.zeros(tuple(patch), dtype=np.uint8)
+    out_img = np.empty((image.shape[0], *patch), dtype=np.float32)
+    out_img[...] = 0.0 if background is None else np.asarray(background, np.float32).reshape(-1, 1, 1, 1)
+    out_lab = np.zeros(patch, dtype=np.uint8)
     dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
     out_img[(slice(None), *dst)] = img
     out_lab[dst] = lab
@@ -190,50 +227,113 @@ def read_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int], patch
 
 
 # ------------------------------------------------------------------------------------------- augmentation
-def build_augmentation(cfg: Mapping[str, Any]) -> Callable | None:
-    """MONAI dictionary transforms (keys ``image`` (C, ...) and ``label`` (1, ...)) from the ``augment`` section;
-    ``None`` when disabled. Randomness comes only from ``set_random_state`` (see :class:`PatchDataset`)."""
+def _rotations(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrices ``(n, 3, 3)`` for every combination of the given angles about the three axes, composed
+    in both orders (x then y then z, and z then y then x)."""
+    a, b, c = (g.reshape(-1) for g in np.meshgrid(angles, angles, angles, indexing="ij"))
+    one, zero = np.ones_like(a), np.zeros_like(a)
+
+    def rot(t: np.ndarray, axis: int) -> np.ndarray:
+        cos, sin = np.cos(t), np.sin(t)
+        i, j = [k for k in range(3) if k != axis]
+        m = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, one, zero], -1), np.stack([zero, zero, one], -1)], -2)
+        m[:, i, i], m[:, i, j], m[:, j, i], m[:, j, j] = cos, -sin, sin, cos
+        return m
+
+    rx, ry, rz = rot(a, 0), rot(b, 1), rot(c, 2)
+    return np.concatenate([rx @ ry @ rz, rz @ ry @ rx])
+
+
+def affine_context(patch: Sequence[int], rotate_deg: float, scale: float) -> tuple[int, ...]:
+    """The region to warp so that the patch cut from its centre holds no voxel from outside it: the largest
+    axis-aligned extent of the patch rotated by up to ``rotate_deg`` about each axis (a 9-step grid of angles,
+    both composition orders) and scaled by up to ``1 + scale``, plus 2 voxels, rounded so that region and
+    patch share their centre voxel-exactly (their sizes differ by an even number)."""
+    p = np.asarray([int(v) for v in patch], dtype=np.float64)
+    extent = p.copy()
+    rot = math.radians(float(rotate_deg))
+    if rot > 0:
+        extent = np.maximum(extent, (np.abs(_rotations(np.linspace(-rot, rot, 9))) @ p).max(axis=0))
+    extent *= 1.0 + max(0.0, float(scale))
+    size = [int(math.ceil(e - 1e-9)) + 2 for e in extent]
+    return tuple(s + (s - int(q)) % 2 for s, q in zip(size, p))
+
+
+class Augmentation:
+    """Training augmentation, in two parts (after nnU-Net).
+
+    ``warp(patch)``: MONAI's ``RandAffined`` (rotation, scaling) that maps a region of
+    :meth:`context` size to the ``patch`` at its centre; :class:`PatchDataset` applies it with probability
+    ``affine_prob`` to the larger region it reads, so the warped patch holds image everywhere instead of
+    empty corners. ``rest``: flips and intensity transforms (MONAI dictionary transforms, keys ``image``
+    (C, ...) and ``label`` (1, ...)) on the patch. Randomness comes only from the seeds :class:`PatchDataset`
+    passes (``set_random_state``).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        from monai.transforms import (
+            Compose,
+            RandAdjustContrastd,
+            RandFlipd,
+            RandGaussianNoised,
+            RandScaleIntensityd,
+            RandShiftIntensityd,
+        )
+
+        self.affine_prob = float(cfg["affine_prob"])
+        self.rotate_deg, self.scale = float(cfg["rotate_deg"]), float(cfg["scale"])
+        keys = ["image", "label"]
+        ts: list = []
+        if cfg["flip_prob"] > 0:
+            ts += [RandFlipd(keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in range(3)]
+        if cfg["intensity_prob"] > 0:
+            ts.append(RandScaleIntensityd("image", factors=cfg["intensity_scale"], prob=cfg["intensity_prob"], channel_wise=True))
+            ts.append(RandShiftIntensityd("image", offsets=cfg["intensity_shift"], prob=cfg["intensity_prob"], channel_wise=True))
+        if cfg["gamma_prob"] > 0:
+            ts.append(RandAdjustContrastd("image", gamma=tuple(cfg["gamma"]), prob=cfg["gamma_prob"], retain_stats=True))
+        if cfg["noise_prob"] > 0:
+            ts.append(RandGaussianNoised("image", prob=cfg["noise_prob"], std=cfg["noise_std"]))
+        self.rest = Compose(ts) if ts else None
+        self._warps: dict[tuple[int, ...], Any] = {}
+
+    def context(self, patch: Sequence[int]) -> tuple[int, ...]:
+        """The size of the region read for a warped patch (the patch itself when there is no warp)."""
+        if self.affine_prob <= 0:
+            return tuple(int(p) for p in patch)
+        return affine_context(patch, self.rotate_deg, self.scale)
+
+    def warp(self, patch: Sequence[int]) -> Any:
+        """The affine warp (always applied: the caller draws whether) producing a ``patch``-sized output."""
+        patch = tuple(int(p) for p in patch)
+        if patch not in self._warps:
+            from monai.transforms import RandAffined
+
+            rot = math.radians(self.rotate_deg)
+            # "border": the region is large enough that no sample falls outside it; were one to, it would
+            # repeat the region's edge (image or background) rather than insert zeros.
+            self._warps[patch] = RandAffined(["image", "label"], spatial_size=patch, prob=1.0,
+                                             rotate_range=(rot, rot, rot), scale_range=(self.scale,) * 3,
+                                             mode=("bilinear", "nearest"), padding_mode="border")
+        return self._warps[patch]
+
+
+def build_augmentation(cfg: Mapping[str, Any]) -> Augmentation | None:
+    """The :class:`Augmentation` of the ``augment`` config section; ``None`` when disabled."""
     if not cfg["enabled"]:
         return None
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-    )
-
-    keys = ["image", "label"]
-    ts: list = []
-    if cfg["affine_prob"] > 0:
-        rot = math.radians(cfg["rotate_deg"])
-        ts.append(
-            RandAffined(keys, prob=cfg["affine_prob"], rotate_range=(rot, rot, rot), scale_range=(cfg["scale"],) * 3,
-                        mode=("bilinear", "nearest"), padding_mode="zeros")
-        )
-    if cfg["flip_prob"] > 0:
-        ts += [RandFlipd(keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in range(3)]
-    if cfg["intensity_prob"] > 0:
-        ts.append(RandScaleIntensityd("image", factors=cfg["intensity_scale"], prob=cfg["intensity_prob"], channel_wise=True))
-        ts.append(RandShiftIntensityd("image", offsets=cfg["intensity_shift"], prob=cfg["intensity_prob"], channel_wise=True))
-    if cfg["gamma_prob"] > 0:
-        ts.append(RandAdjustContrastd("image", gamma=tuple(cfg["gamma"]), prob=cfg["gamma_prob"], retain_stats=True))
-    if cfg["noise_prob"] > 0:
-        ts.append(RandGaussianNoised("image", prob=cfg["noise_prob"], std=cfg["noise_std"]))
-    return Compose(ts) if ts else None
+    return Augmentation(cfg)
 
 
 # -------------------------------------------------------------------------------------- dataset and loader
 class PatchDataset(Dataset):
     """Item ``step * batch_size + i`` is patch ``i`` of the batch of global step ``step`` on this rank.
 
-    Returns ``{"image": float32 (C, *patch), "label": uint8 (1, *patch)}``.
+    Returns ``{"image": float32 (C, *patch), "label": uint8 (1, *patch)}``. Each process keeps at most
+    :func:`open_case_limit` cases open (least recently used evicted).
     """
 
     def __init__(self, cases: Sequence[PatchCase], patch_size: Sequence[int], batch_size: int, seed: int, rank: int = 0,
-                 foreground_share: float = 0.0, class_balanced: bool = True, augment: Callable | None = None):
+                 foreground_share: float = 0.0, class_balanced: bool = True, augment: Augmentation | None = None):
         if not cases:
             raise ConfigError("no training cases")
         self.cases = list(cases)
@@ -243,11 +343,14 @@ class PatchDataset(Dataset):
         self.foreground_share = float(foreground_share)
         self.class_balanced = bool(class_balanced)
         self.augment = augment
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.context = augment.context(self.patch) if augment is not None else self.patch
+        self._arrays: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._max_open: int | None = None  # per process: set at the first open
 
     def __getstate__(self) -> dict:  # worker processes started by spawn reopen the memory maps themselves
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"] = OrderedDict()
+        state["_max_open"] = None
         return state
 
     def rng(self, index: int) -> np.random.Generator:
@@ -255,35 +358,62 @@ class PatchDataset(Dataset):
         return np.random.default_rng([self.seed, self.rank, step, i])
 
     def arrays(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k not in self._arrays:
-            self._arrays[k] = self.cases[k].load()
-        return self._arrays[k]
+        """Case ``k``'s arrays, opened on first use; the least recently used case is closed beyond the limit."""
+        if k in self._arrays:
+            self._arrays.move_to_end(k)
+            return self._arrays[k]
+        if self._max_open is None:
+            self._max_open = open_case_limit()
+        while len(self._arrays) >= self._max_open:
+            self._arrays.popitem(last=False)  # the memory maps (and their descriptors) go with the last reference
+        arrays = self._arrays[k] = self.cases[k].load()
+        return arrays
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int, int], np.random.Generator]:
-        """The raw patch of item ``index``: image, label, case number, start, and the generator (for augmentation)."""
+    def _draw(self, index: int) -> tuple[np.random.Generator, int, tuple[int, int, int]]:
         rng = self.rng(index)
         k = int(rng.integers(len(self.cases)))
         foreground = bool(rng.random() < self.foreground_share)
         start = choose_patch(self.cases[k], self.patch, rng, foreground, self.class_balanced)
+        return rng, k, start
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int, int], np.random.Generator]:
+        """The raw patch of item ``index``: image, label, case number, start, and the generator (for augmentation)."""
+        rng, k, start = self._draw(index)
         image, label = self.arrays(k)
-        img, lab = read_patch(image, label, start, self.patch)
+        img, lab = read_patch(image, label, start, self.patch, self.cases[k].background)
         return img, lab, k, start, rng
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        img, lab, _, _, rng = self.sample(index)
-        image = torch.from_numpy(img)
-        label = torch.from_numpy(lab)[None]
-        if self.augment is not None:
-            from monai.utils import convert_to_tensor
+        aug = self.augment
+        rng, k, start = self._draw(index)
+        warp = aug is not None and aug.affine_prob > 0 and bool(rng.random() < aug.affine_prob)
+        if not warp:
+            image_arr, label_arr = self.arrays(k)
+            img, lab = read_patch(image_arr, label_arr, start, self.patch, self.cases[k].background)
+            image, label = torch.from_numpy(img), torch.from_numpy(lab)[None]
+        else:
+            image_arr, label_arr = self.arrays(k)
+            region = [s - (c - p) // 2 for s, c, p in zip(start, self.context, self.patch)]
+            img, lab = read_patch(image_arr, label_arr, region, self.context, self.cases[k].background)
+            transform = aug.warp(self.patch)
+            transform.set_random_state(seed=int(rng.integers(2**32)))
+            out = transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab)[None]})
+            image, label = self._plain(out)
+        if aug is not None and aug.rest is not None:
+            aug.rest.set_random_state(seed=int(rng.integers(2**32)))
+            image, label = self._plain(aug.rest({"image": image, "label": label}))
+        return {"image": image.contiguous(), "label": label.contiguous()}
 
-            self.augment.set_random_state(seed=int(rng.integers(2**32)))
-            out = self.augment({"image": image, "label": label})
-            image = convert_to_tensor(out["image"], dtype=torch.float32, track_meta=False).contiguous()
-            label = convert_to_tensor(out["label"], track_meta=False)
-            if label.is_floating_point():  # the affine warp (nearest) returns labels as floats
-                label = label.round()
-            label = label.to(torch.uint8).contiguous()
-        return {"image": image, "label": label}
+    @staticmethod
+    def _plain(out: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain float32 image and uint8 label tensors from a MONAI transform's output."""
+        from monai.utils import convert_to_tensor
+
+        image = convert_to_tensor(out["image"], dtype=torch.float32, track_meta=False)
+        label = convert_to_tensor(out["label"], track_meta=False)
+        if label.is_floating_point():  # the affine warp (nearest) returns labels as floats
+            label = label.round()
+        return image, label.to(torch.uint8)
 
 
 class StepSampler(Sampler[int]):
