@@ -318,18 +318,24 @@ class _ImageFinder:
                 self._specs[folder] = []
         return self._specs[folder]
 
-    def find(self, case_id: str, gt: Path | None, gt_root: Path | None) -> tuple[Any, str] | None:
-        """(ImageSource, modality) of the case's first available modality in :data:`OVERLAY_MODALITIES`."""
+    def images(self, case_id: str, gt: Path | None, gt_root: Path | None) -> dict[str, Any]:
+        """The case's images (modality -> ImageSource) where its dataset is found, else ``{}``."""
         folders = [gt_root] if gt_root is not None and gt_root.is_dir() else []
         if gt is not None:  # a case folder, or the dataset above MSD / nnU-Net labelsTr
             folders += [gt.parent, *([gt.parent.parent] if gt.parent.name.startswith("labels") else [])]
         for folder in folders:
             for spec in self._discover(folder):
                 same_label = gt is not None and spec.label is not None and Path(spec.label).resolve() == gt.resolve()
-                if same_label or spec.case_id == case_id:
-                    for modality in OVERLAY_MODALITIES:
-                        if modality in spec.images:
-                            return spec.images[modality], modality
+                if (same_label or spec.case_id == case_id) and spec.images:
+                    return dict(spec.images)
+        return {}
+
+    def find(self, case_id: str, gt: Path | None, gt_root: Path | None) -> tuple[Any, str] | None:
+        """(ImageSource, modality) of the case's first available modality in :data:`OVERLAY_MODALITIES`."""
+        images = self.images(case_id, gt, gt_root)
+        for modality in OVERLAY_MODALITIES:
+            if modality in images:
+                return images[modality], modality
         return None
 
 
@@ -384,9 +390,33 @@ def _surface_png(case: Mapping[str, Any]) -> bytes:
     return _png(lambda out: plot_surfaces_3d(maps, affine, out, title=f"case {case['case']}"))
 
 
+def _viewer_html(cases: Sequence[Mapping[str, Any]], finder: _ImageFinder, gt_root: Path | None, index: int,
+                 progress: bool) -> str:
+    """The interactive viewer (:mod:`agsevnet.report.viewer`) of ``cases``, each within its share of the byte
+    budget; cases that cannot be read are listed under it."""
+    from tqdm import tqdm
+
+    from agsevnet.report import viewer
+
+    budget = viewer.case_budget(len(cases))
+    payloads, skipped = [], []
+    for case in tqdm(cases, desc="report: viewer", unit="case", disable=not progress, dynamic_ncols=True):
+        try:
+            gt = Path(case["gt"]) if case.get("gt") else None
+            volumes = viewer.load_case(case, finder.images(case["case"], gt, gt_root))
+            payloads.append(viewer.case_payload(volumes, budget))
+        except (AgsevnetError, ValueError) as exc:
+            skipped.append(f"{case['case']}: {exc}")
+    if not payloads:
+        return "".join(f'<p class="muted">viewer: {_e(s)}</p>' for s in skipped)
+    notes = "".join(f'<p class="muted">not in the viewer: {_e(s)}</p>' for s in skipped)
+    return viewer.viewer_html(payloads, index) + notes
+
+
 def _evaluation_section(title: str, cases: list[dict[str, Any]], *, gt_root: Path | None, overlays: int,
-                        with_files: bool, progress: bool) -> tuple[str, int]:
-    """The HTML of one evaluation and the number of overlays drawn."""
+                        with_files: bool, progress: bool, viewer_index: int | None = None) -> tuple[str, int]:
+    """The HTML of one evaluation and the number of overlays drawn; with ``viewer_index``, the interactive
+    viewer of the same cases (element ids numbered by it)."""
     from tqdm import tqdm
 
     from agsevnet.report.figures import plot_metric_distributions
@@ -419,6 +449,9 @@ def _evaluation_section(title: str, cases: list[dict[str, Any]], *, gt_root: Pat
             parts.append('<p class="muted">Radiological convention: the patient\'s right on the left. '
                          "Whole tumour green, tumour core red, enhancing tumour yellow.</p>")
             parts.append(f'<div class="grid">{"".join(figures)}</div>')
+            if viewer_index is not None:
+                parts.append("<h4>Interactive viewer</h4>")
+                parts.append(_viewer_html(chosen, finder, gt_root, viewer_index, progress))
             median = float(np.median([_mean_dice(case) for case in cases]))
             typical = min(cases, key=lambda case: abs(_mean_dice(case) - median))
             try:
@@ -454,10 +487,13 @@ def build_report(
     max_overlays: int = 12,
     overwrite: bool = False,
     progress: bool = True,
+    viewer: bool = True,
 ) -> Path:
     """Write one self-contained HTML report of what ``directory`` holds to ``out`` (atomically); returns ``out``.
 
     ``max_overlays``: at most this many per-case slice figures in all (the HTML grows by ~150 kB each).
+    ``viewer``: add the interactive slice viewer of the same cases (:mod:`agsevnet.report.viewer`; at most
+    ~1 MB per case, 9 MB per evaluation).
     Raises :class:`DataError` when nothing reportable is found, :class:`OutputExistsError` when ``out`` exists
     and ``overwrite`` is false.
     """
@@ -477,7 +513,7 @@ def build_report(
         body, drawn = _evaluation_section(
             f"predictions: {_short(pred_root, directory)}, ground truth: {_short(gt_root or '?', directory)}",
             record["cases"], gt_root=Path(gt_root) if gt_root else None, overlays=budget, with_files=True,
-            progress=progress)
+            progress=progress, viewer_index=len(sections) if viewer else None)
         budget -= drawn
         sections.append((f"evaluation-{len(sections)}", f"Evaluation ({path.relative_to(directory)})", body))
     for path in found.evaluation_csvs:
@@ -503,6 +539,10 @@ def build_report(
     notes_html = f'<section id="notes" class="notes">{_e(notes)}</section>' if notes else ""
     body = "\n".join(f'<section id="{anchor}"><h2>{_e(heading)}</h2>\n{content}</section>'
                      for anchor, heading, content in sections)
+    if 'class="agv"' in body:  # the viewer's style and script, once, inline
+        from agsevnet.report.viewer import assets
+
+        body += "\n" + assets()
     document = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
