@@ -12,7 +12,7 @@ import pytest
 
 from agsevnet import MODALITIES
 from agsevnet.data.layouts import case_from_files, convention_from_labels, discover, modality_of
-from agsevnet.errors import DataError
+from agsevnet.errors import ConfigError, DataError
 
 BRATS2020 = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
 BRATS2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
@@ -248,10 +248,31 @@ def test_case_from_files(tmp_path):
     assert spec23.label_convention == "brats2023" and spec23.case_id == "BraTS-GLI-1-000" and spec23.label is None
     plain = case_from_files("a.nii", "b.nii", "c.nii", "d.nii", case_id="mine", label_convention="msd")
     assert plain.case_id == "mine" and plain.label_convention == "msd" and plain.problems == []
-    same = case_from_files("a.nii", "a.nii", "c.nii", "d.nii")
+    same = case_from_files("a.nii", "a.nii", "c.nii", "d.nii", label_convention="brats2020")
     assert same.case_id == "a" and len(same.problems) == 1 and "both flair and t1" in same.problems[0]
     with pytest.raises(ValueError, match="unknown label convention"):
         case_from_files("a.nii", "b.nii", "c.nii", "d.nii", label_convention="brats2019")
+
+
+def test_case_from_files_without_a_case_id_or_convention_in_the_names(tmp_path):
+    """``Flair.nii.gz``, ``T1.nii.gz``, ``T1c.nii.gz``, ``T2.nii.gz``: the case is the folder's, and ``T1c``
+    (a BraTS 2023 token among 2018-2021 ones) does not decide the label convention: it must be given."""
+    folder = tmp_path / "Patient7"
+    names = [folder / n for n in ("Flair.nii.gz", "T1.nii.gz", "T1c.nii.gz", "T2.nii.gz")]
+    with pytest.raises(ConfigError, match="cannot tell the label convention .*--labels") as info:
+        case_from_files(*names)
+    assert info.value.path == names[0]
+    spec = case_from_files(*names, label_convention="brats2023")
+    assert spec.case_id == "Patient7" and spec.label_convention == "brats2023"
+    plain_names = [folder / n for n in ("T2-FLAIR.nii", "T1w.nii", "T1gd.nii", "T2w.nii")]
+    assert case_from_files(*plain_names, label_convention="msd").case_id == "Patient7"
+    # One release's tokens throughout decide, with or without a case prefix.
+    bare23 = case_from_files(*(folder / f"{t}.nii.gz" for t in BRATS2023.values()))
+    assert bare23.case_id == "Patient7" and bare23.label_convention == "brats2023"
+    bare20 = case_from_files(*(folder / f"{t}.nii.gz" for t in BRATS2020.values()))
+    assert bare20.case_id == "Patient7" and bare20.label_convention == "brats2020"
+    with pytest.raises(ConfigError):  # names that say nothing
+        case_from_files(*(folder / f"{n}.nii.gz" for n in "abcd"))
 
 
 def test_nothing_recognisable_raises_dataerror_with_a_hint(tmp_path):

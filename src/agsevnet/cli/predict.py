@@ -34,46 +34,58 @@ class Convention(str, Enum):
 def predict_command(
     input_path: Path | None = typer.Argument(None, metavar="INPUT", help="A case folder or a dataset folder (any "
                                              "layout); omit it when giving --flair --t1 --t1ce --t2."),
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt) written by 'agsevnet train'."),
+    model: str | None = typer.Option(None, "--model", "-m", help="A bundled model's name (see 'agsevnet models') or "
+                                     "a checkpoint (.pt) written by 'agsevnet train' (default: the bundled model).",
+                                     show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <case>.nii.gz per case."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 flips; ~8x slower)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs exist (default: skip them)."),
     labels: Convention | None = typer.Option(None, "--labels", help="Output label convention (default: that of "
-                                             "each case's layout: 1/2/4 for BraTS 2018-2021, 1/2/3 for 2023)."),
+                                             "each case's layout: 1/2/4 for BraTS 2018-2021, 1/2/3 for 2023; the "
+                                             "four files' BraTS names; needed where those names do not tell)."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write <case>_prob.nii.gz: "
                                             "4D float32, last axis = background, NCR/NET, edema, enhancing."),
-    strategy: Strategy = typer.Option(Strategy.auto, "--strategy", help="sliding window, one whole pass over "
-                                      "the brain crop, or auto (whole when it fits in memory)."),
+    strategy: Strategy | None = typer.Option(None, "--strategy", help="sliding window, one whole pass over the "
+                                             "brain crop, or auto (whole when it fits in memory); default: what the "
+                                             "checkpoint was validated with.", show_default=False),
     roi: tuple[int, int, int] | None = typer.Option(None, "--roi", help="Sliding-window size X Y Z (default: "
                                                     "the checkpoint's patch size)."),
-    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
-    et_threshold: int = typer.Option(0, "--et-threshold", help="Relabel enhancing tumour as necrosis when a "
-                                     "case has fewer ET voxels than this (0: off; BraTS 2020 winners used 500)."),
+    overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap in [0, 1) (default: the "
+                                         "checkpoint's).", show_default=False),
+    et_threshold: int | None = typer.Option(None, "--et-threshold", help="Relabel enhancing tumour as necrosis "
+                                            "when a case has fewer ET voxels than this (0: off; BraTS 2020 winners "
+                                            "used 500; default: the checkpoint's).", show_default=False),
+    keep_fraction: float | None = typer.Option(None, "--keep-fraction", help="Drop tumour components smaller "
+                                               "than this share of the largest (0: off; default: the checkpoint's).",
+                                               show_default=False),
     flair: Path | None = typer.Option(None, "--flair", help="FLAIR file (explicit four-file input)."),
     t1: Path | None = typer.Option(None, "--t1", help="T1 file."),
     t1ce: Path | None = typer.Option(None, "--t1ce", help="T1ce (T1 contrast-enhanced) file."),
     t2: Path | None = typer.Option(None, "--t2", help="T2 file."),
-    case_id: str | None = typer.Option(None, "--case-id", help="Output name for the four-file input."),
+    case_id: str | None = typer.Option(None, "--case-id", help="Output name for the four-file input (default: the "
+                                       "FLAIR file's case prefix, or its folder's name for a name like Flair.nii.gz)."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 on CPUs with native "
                                         "bf16 and on GPUs, else fp32."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Segment cases into BraTS-ready NIfTI label maps on exactly the input grid.
 
-    Example: agsevnet predict /data/BraTS2021_Validation --model run/best.pt --out preds
+    Examples: agsevnet predict MyCase/ --out preds (the bundled model);
+    agsevnet predict /data/BraTS2021_Validation --model run/best.pt --out preds
     """
     if device == "cpu":
         tune_cpu_runtime()
+    from agsevnet.infer.bundled import resolve_model
     from agsevnet.infer.predictor import predict
 
     summary = predict(
-        input_path, model, out,
+        input_path, resolve_model(model), out,
         files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}, case_id=case_id,
         labels=labels.value if labels else None, overwrite=overwrite, save_probabilities=save_probabilities,
         progress=not quiet, raise_errors=debug_enabled(),
-        device=device, tta=tta, strategy=strategy.value, roi_size=roi, overlap=overlap,
-        et_threshold=et_threshold, precision=precision.value,
+        device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
+        overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction, precision=precision.value,
     )
     typer.echo(summary.format(), err=not summary.ok)
     if not summary.ok:

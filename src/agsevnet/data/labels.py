@@ -94,3 +94,16 @@ def from_internal(labels: np.ndarray, convention: str) -> np.ndarray:
 def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean masks of the BraTS regions (ET, WT, TC) from an internal label array."""
     return {name: np.isin(labels, values) for name, values in REGION_LABELS.items()}
+
+
+_DESCRIPTIONS: dict[str, str] = {
+    "brats2020": "1 NCR/NET, 2 edema, 4 enhancing",
+    "brats2023": "1 NCR, 2 edema, 3 enhancing",
+    "msd": "1 edema, 2 non-enhancing, 3 enhancing",
+}
+
+
+def describe(convention: str) -> str:
+    """``convention`` with what its values mean, e.g. ``"brats2020 (1 NCR/NET, 2 edema, 4 enhancing)"``."""
+    _mapping(convention)  # unknown conventions raise
+    return f"{convention} ({_DESCRIPTIONS[convention]})"

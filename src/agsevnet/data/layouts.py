@@ -14,7 +14,9 @@ For MSD and nnU-Net the channel order and the label convention come from ``datas
 ``channel_names``/``labels``, v1 and MSD ``modality``/``labels``); without one, the MSD order and labels are
 assumed and that assumption is recorded as a note. BraTS files may also lie flat in one folder (grouped by
 their case prefix) or be named without a prefix (``<case>/flair.nii.gz``, case id = folder name).
-:func:`case_from_files` makes a case from explicit file paths (scheme ``files``).
+:func:`case_from_files` makes a case from explicit file paths (scheme ``files``): the case id is the files' case
+prefix or, for names that are only a modality (``Flair.nii.gz``), their folder's name; the label convention is
+that of the BraTS release whose modality names the files carry, and must be given where the names do not tell.
 
 What discovery can already tell is wrong (a missing or duplicated modality, a label without images, an
 unreadable ``dataset.json``, a case id used twice) goes into ``CaseSpec.problems``, each message naming the
@@ -39,7 +41,7 @@ from agsevnet import MODALITIES
 from agsevnet.data import labels as labelmod
 from agsevnet.data.case import CaseSpec, ImageSource
 from agsevnet.data.nifti import is_nifti_name, strip_nifti_suffix
-from agsevnet.errors import DataError
+from agsevnet.errors import ConfigError, DataError
 
 LAYOUT_HINT = (
     "expected one of these layouts: "
@@ -446,15 +448,36 @@ def discover(path: str | Path) -> list[CaseSpec]:
     return specs
 
 
-def guess_convention(paths: Iterable[str | Path]) -> str:
-    """The label convention file names suggest: ``brats2023`` if any is named the BraTS 2023 way
-    (``-t2f``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg``), else ``brats2020``."""
+def _explicit_scheme(paths: Iterable[Path]) -> str | None:
+    """``brats2020`` / ``brats2023`` when every file is named with one BraTS release's modality tokens
+    (``_flair``, ``_t1``, ``_t1ce``, ``_t2`` / ``-t2f``, ``-t1n``, ``-t1c``, ``-t2w``; ``seg`` fits both), else
+    None. Mixed names such as ``Flair``, ``T1``, ``T1c``, ``T2`` (common outside BraTS) tell nothing."""
     tokens = []
-    for p in paths:
-        m = _BRATS_FILE.match(Path(p).name)
-        if m:
-            tokens.append((m["token"].lower(), m["sep"] or ""))
-    return _convention_for_scheme(_brats_scheme(tokens)) if tokens else "brats2020"
+    for path in paths:
+        m = _BRATS_FILE.match(path.name)
+        if m is None:
+            return None
+        tokens.append(m["token"].lower())
+    images = [t for t in tokens if t != "seg"]
+    if images and all(t in _BRATS2023_TOKENS for t in images):
+        return "brats2023"
+    if images and all(t in _BRATS2020_TOKENS for t in images):
+        return "brats2020"
+    return None
+
+
+def explicit_case_id(flair: str | Path) -> str:
+    """The case id of an explicit FLAIR file: its case prefix (``BraTS2021_00000_flair.nii.gz`` ->
+    ``BraTS2021_00000``); for a name that is only a modality (``Flair.nii.gz``, ``T2-FLAIR.nii``), the name of
+    its folder; otherwise the name without ``.nii[.gz]``."""
+    path = Path(flair)
+    stem = strip_nifti_suffix(path.name)
+    m = _BRATS_FILE.match(path.name)
+    if modality_of(stem) is None and m and m["prefix"]:
+        return m["prefix"]
+    if m or modality_of(stem) is not None:
+        return path.absolute().parent.name or stem
+    return stem
 
 
 def case_from_files(flair: str | Path, t1: str | Path, t1ce: str | Path, t2: str | Path,
@@ -462,19 +485,24 @@ def case_from_files(flair: str | Path, t1: str | Path, t1ce: str | Path, t2: str
                     label_convention: str | None = None) -> CaseSpec:
     """A case from explicit files (scheme ``files``). Nothing is read.
 
-    ``case_id`` defaults to the FLAIR file name without its modality suffix; ``label_convention`` defaults to
-    what the file names suggest (:func:`guess_convention`).
+    ``case_id`` defaults to :func:`explicit_case_id` of the FLAIR file. ``label_convention`` defaults to the
+    BraTS release whose modality names all the files carry (:func:`_explicit_scheme`); where the names do not
+    tell (``Flair``/``T1``/``T1c``/``T2``, ``f.nii.gz``, ...), :class:`ConfigError` asks for it (``--labels``):
+    a wrong guess would write labels 1/2/3 where 1/2/4 are expected, or the reverse.
     """
     images = {"flair": Path(flair), "t1": Path(t1), "t1ce": Path(t1ce), "t2": Path(t2)}
     label_path = None if label is None else Path(label)
     if label_convention is None:
-        label_convention = guess_convention([*images.values(), *([label_path] if label_path else [])])
+        label_convention = _explicit_scheme([*images.values(), *([label_path] if label_path else [])])
+        if label_convention is None:
+            names = ", ".join(p.name for p in images.values())
+            raise ConfigError(f"cannot tell the label convention from the file names ({names}): pass --labels "
+                              "brats2020 (1/2/4), brats2023 (1/2/3) or msd", images["flair"])
     elif label_convention not in labelmod.CONVENTIONS:
         raise ValueError(f"unknown label convention {label_convention!r}; expected one of "
                          f"{', '.join(labelmod.CONVENTIONS)}")
     if case_id is None:
-        m = _BRATS_FILE.match(images["flair"].name)
-        case_id = m["prefix"] if m and m["prefix"] else strip_nifti_suffix(images["flair"].name)
+        case_id = explicit_case_id(images["flair"])
     problems = []
     seen: dict[Path, str] = {}
     for modality, path in [*images.items(), *([("label", label_path)] if label_path else [])]:
@@ -485,3 +513,23 @@ def case_from_files(flair: str | Path, t1: str | Path, t1ce: str | Path, t2: str
     return CaseSpec(case_id=case_id, scheme="files", images={m: ImageSource(p) for m, p in images.items()},
                     label=label_path, label_convention=label_convention, folder=images["flair"].parent,
                     problems=problems)
+
+
+def labelled_cases(specs: Iterable[CaseSpec]) -> tuple[list[CaseSpec], str | None]:
+    """The cases training can use, and a note on those it leaves out (None when it leaves out none).
+
+    Training needs a label per case; a dataset as downloaded also holds cases without one (MSD Task01 and
+    nnU-Net ``imagesTs/``, a BraTS validation folder mixed in), which would otherwise land in a training or
+    validation fold and stop the run. Those are left out and counted; ``agsevnet predict`` still takes every
+    case. A case without a label that has problems (e.g. a folder of unrecognised files) is kept, so that the
+    cache build reports its problem instead of hiding it.
+    """
+    kept, left_out = [], []
+    for spec in specs:
+        (left_out if spec.label is None and not spec.problems else kept).append(spec)
+    if not left_out:
+        return kept, None
+    folders = sorted({str(spec.folder) for spec in left_out if spec.folder is not None})
+    where = f" (in {', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''})" if folders else ""
+    return kept, (f"note: left out {len(left_out)} case(s) without a label file{where}: training and validation "
+                  f"use the {len(kept)} labelled case(s); `agsevnet predict` takes the unlabelled ones")
