@@ -8,7 +8,7 @@
   every other value within 1e-9 (absolute) or both NaN or both +inf; measured: every value bit-identical.
 - The BraTS 2023 ranking rule against :func:`transcribed_ranking`, a literal per-lesion transcription of
   ``brats_metrics.py`` (full-volume masks, one dilation per lesion, cc3d labelling where installed, medpy's Dice
-  and HD95), within 1e-9.
+  and surface distances), within 1e-9; measured: identical.
 """
 
 from __future__ import annotations
@@ -289,9 +289,16 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 
 def transcribed_ranking(pred: np.ndarray, gt: np.ndarray, spacing, dilation=3, threshold=50) -> dict[str, float]:
-    """brats_metrics.py's get_lesion_wise_score + get_lesion_wise_results, step by step on full-volume masks
-    (HD95 by medpy, see :mod:`agsevnet.evaluate.lesionwise` for why)."""
-    from medpy.metric.binary import dc, hd95
+    """brats_metrics.py's get_lesion_wise_score + get_lesion_wise_results, step by step on full-volume masks;
+    a lesion's HD95 is the larger directed 95th percentile of medpy's surface distances (not area-weighted, see
+    :mod:`agsevnet.evaluate.lesionwise`)."""
+    from medpy.metric import binary
+    from medpy.metric.binary import dc
+
+    def hd95(a, b, voxelspacing, connectivity):
+        directed = getattr(binary, "__surface_distances")  # medpy's, under its module-level private name
+        return max(np.percentile(directed(a, b, voxelspacing, connectivity), 95),
+                   np.percentile(directed(b, a, voxelspacing, connectivity), 95))
 
     struct = ndimage.generate_binary_structure(3, 2)
     gt_cc = _components(gt)
@@ -356,3 +363,64 @@ def test_labels_round_trip_into_brats_files():
     # The brats-evaluation config reads BraTS 2023 values (3 = ET), which are the internal labels.
     labels = np.array([0, 1, 2, 3])
     assert (from_internal(labels, "brats2023") == labels).all()
+
+
+# --- agsevnet evaluate --lesion-wise and the report ------------------------------------------------------------
+
+
+def test_cli_lesion_wise_columns_in_csv_json_and_report(tmp_path):
+    from helpers import run_cli
+
+    from agsevnet.evaluate.metrics import COLUMNS
+    from agsevnet.report.html import build_report
+
+    shape = (24, 24, 20)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    truths = {"case1": cube(shape, (4, 4, 4), 6, value=3), "case2": cube(shape, (10, 10, 8), 5, value=1)}
+    cube(shape, (3, 3, 3), 8, value=2, into=truths["case1"])[5:9, 5:9, 5:9] = 3
+    for case_id, labels in truths.items():
+        pred = np.roll(labels, 1, axis=0)
+        pred[20:23, 20:23, 2:5] = 3  # a false positive
+        for folder, data in (("gt", labels), ("pred", pred)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(from_internal(data, "brats2023"), affine), tmp_path / folder / f"{case_id}.nii.gz")
+    out = tmp_path / "eval" / "metrics.csv"
+    json_path = tmp_path / "eval" / "metrics.json"
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--lesion-wise", "--labels", "brats2023",
+                    "--out", str(out), "--json", str(json_path), "--workers", "1"]) == 0
+
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["case", *COLUMNS, "hd95_rule", *LESIONWISE_COLUMNS]
+    record = json.loads(json_path.read_text())
+    assert record["lesionwise_columns"] == list(LESIONWISE_COLUMNS)
+    for row, case in zip(rows, record["cases"]):
+        gt = truths[case["case"]]
+        pred = np.roll(gt, 1, axis=0)
+        pred[20:23, 20:23, 2:5] = 3
+        expected = lesionwise_metrics(pred, gt, (1.0, 1.0, 1.0))
+        assert all(close(float(row[c]), expected[c]) and close(case["lesionwise"][c], expected[c])
+                   for c in LESIONWISE_COLUMNS)
+        assert case["lesionwise"]["brats2023_fp_et"] == 1.0
+    with open(out.with_name("metrics_summary.csv")) as handle:
+        mean = next(r for r in csv.DictReader(handle) if r["statistic"] == "Mean")
+    dice = [case["lesionwise"]["brats2023_lesionwise_dice_wt"] for case in record["cases"]]
+    assert float(mean["brats2023_lesionwise_dice_wt"]) == pytest.approx(np.mean(dice))
+
+    html = build_report(tmp_path / "eval", tmp_path / "report.html", max_overlays=0, progress=False,
+                        viewer=False).read_text()
+    assert "Lesion-wise metrics (BraTS 2023+)" in html and "brats2023_lesionwise_dice" in html
+    assert "all_instance_f1" in html and "Dice ET" in html  # the legacy table is still there
+
+
+def test_cli_without_lesion_wise_adds_nothing(tmp_path):
+    from helpers import run_cli
+
+    labels = cube((12, 12, 12), (3, 3, 3), 4, value=3)
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / folder / "c.nii.gz")
+    assert run_cli(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--labels", "brats2023",
+                    "--json", str(tmp_path / "m.json")]) == 0
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert "lesionwise_summary" not in record and "lesionwise" not in record["cases"][0]

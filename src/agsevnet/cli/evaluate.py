@@ -65,6 +65,12 @@ def evaluate_command(
         help="A prediction whose affine differs from the ground truth's is an error (default: a warning, "
         "and the voxel arrays are compared when the grid shapes agree).",
     ),
+    lesion_wise: bool = typer.Option(
+        False, "--lesion-wise",
+        help="Also the BraTS 2023+ lesion-wise figures per case and region: brats-evaluation's columns "
+        "(all_instance_tp_et, lesionwise_dsc_mean_et, global_nsd_wt, ...) and the BraTS 2023 ranking rule's "
+        "(brats2023_lesionwise_dice_et, ...), appended to the CSVs and JSON (~1 s more per case).",
+    ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Parallel processes (default: up to 4, one per 4 cases).", show_default=False
     ),
@@ -81,12 +87,16 @@ def evaluate_command(
     check_outputs([out, None if out is None else summary_path(out), json_path], overwrite)
     evaluation = evaluate(pred, gt, labels=labels.value, missing=missing.value, workers=workers,
                           pred_labels=None if pred_labels is None else pred_labels.value, hd95=hd95.value,
-                          strict_geometry=strict_geometry)
+                          strict_geometry=strict_geometry, lesion_wise=lesion_wise)
     record = evaluation_record(evaluation)
     for warning in evaluation.warnings:  # one per prediction whose affine differs from its ground truth's
         typer.echo(f"warning: {warning}", err=True)
     Console().print(summary_table(record["summary"], title=f"BraTS metrics of {len(record['cases'])} case(s) "
                                   f"(HD95 rule: {hd95.value})"))
+    if lesion_wise:
+        from agsevnet.evaluate.lesionwise import lesionwise_table
+
+        Console().print(lesionwise_table(record["lesionwise_summary"], title="Lesion-wise (BraTS 2023+)"))
     n_missing = sum(case["missing_prediction"] for case in record["cases"])
     if n_missing:
         typer.echo(f"{n_missing} case(s) had no prediction and were scored as empty")

@@ -49,10 +49,11 @@ of both surfaces to each other.
      denominator is 0. ``brats2023_tp_r`` / ``brats2023_fn_r``: kept lesions with / without a prediction,
      ``brats2023_fp_r``: false-positive components.
 
-   One difference from that code, on purpose: its HD95 is DeepMind's ``surface-distance`` robust Hausdorff
-   (distances weighted by surface-element area); here it is the medpy-style HD95 above, the one the legacy
-   ``Hausdorff95`` columns and the brats-evaluation columns use, so the three HD95 families compare. The Dice,
-   the counts and the 374 penalties are the 2023 rule's.
+   A lesion's HD95 is, as in that code, the larger of the two directed 95th percentiles (lesion surface ->
+   prediction surface and back; ``agsevnet evaluate --hd95 max``). One difference remains: that code takes
+   the percentiles with DeepMind's ``surface-distance`` (each surface element weighted by its area), here
+   every surface voxel counts once, so a lesion's HD95 can differ by a fraction of a voxel. The Dice, the
+   counts and the 374 penalties are the 2023 rule's.
 
 ``tests/test_lesionwise.py`` checks the first family against ``brats-evaluation`` itself (phantoms with known
 lesions, real label maps perturbed) and the second against a literal per-lesion transcription of the rule.
@@ -138,7 +139,13 @@ def surface_distance_pair(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
 
 
 def hd95(a_to_b: np.ndarray, b_to_a: np.ndarray) -> float:
+    """The pooled HD95 (medpy's, panoptica's)."""
     return float(np.percentile(np.concatenate([a_to_b, b_to_a]), 95))
+
+
+def hd95_max(a_to_b: np.ndarray, b_to_a: np.ndarray) -> float:
+    """The larger of the two directed 95th percentiles (the BraTS 2023 code's robust Hausdorff, unweighted)."""
+    return float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95)))
 
 
 def nsd(a_to_b: np.ndarray, b_to_a: np.ndarray, tolerance: float) -> float:
@@ -281,7 +288,7 @@ def ranking_region(
         lesion = lesion_cc[crop] == k
         prediction = np.isin(pred_cc[crop], components)
         dice_sum += _dice(int(np.count_nonzero(lesion & prediction)), size, int(np.count_nonzero(prediction)))
-        hd_sum += hd95(*surface_distance_pair(lesion, prediction, spacing))
+        hd_sum += hd95_max(*surface_distance_pair(lesion, prediction, spacing))
     denominator = n_kept + n_fp
     if denominator == 0:
         dice, hd = 1.0, 0.0
@@ -320,3 +327,60 @@ def lesionwise_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
         for metric, value in ranking_region(p, g, spacing).items():
             out[f"{metric}_{suffix}"] = value
     return {column: out[column] for column in LESIONWISE_COLUMNS}
+
+
+CONVENTIONS: dict[str, str] = {
+    "brats_evaluation": "columns all_instance_*, global_*, lesionwise_*: as brats-evaluation 0.0.10 (gli config, "
+    "panoptica 2.1) computes them: 26-connected components, one-to-one maximum-Dice matching of overlapping "
+    "components (Dice >= 1e-6), lesion-wise means/stds over matched pairs only (no match: 0 / inf, NaN when "
+    "nothing exists), NSD tolerance = smallest spacing; global_* without the spacing (voxel units, NSD tolerance "
+    "0.5 voxel), global_hd95 373 when the masks do not overlap",
+    "brats2023_ranking": "columns brats2023_*: the BraTS 2023 ranking rule (rachitsaluja/BraTS-2023-Metrics): "
+    "ground truth dilated 3x (18-neighbour) only to merge nearby lesions and find the components touching each; "
+    "lesions <= 50 mm^3 left out; each missed lesion and each unmatched predicted component counts Dice 0 and "
+    "HD95 374; 1 / 0 when there is nothing to score; a lesion's HD95 = the larger directed 95th percentile of the surface "
+    "distances (every surface voxel counted once, not weighted by area as the 2023 code's surface-distance)",
+    "non_finite": "NaN where a figure is undefined; inf where brats-evaluation writes inf (lesionwise_hd95_mean "
+    "with no match); summaries skip NaN",
+}
+
+
+def summarize_lesionwise(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Column -> statistic -> value of the lesion-wise columns over cases, skipping NaN (``n`` counts the rest).
+
+    The statistics are the legacy summary's (Mean, StdDev with ddof 0, Median, quartiles); an inf stays in
+    (a mean over a case with no matched lesion is inf, as a pandas mean of brats-evaluation's CSV would be).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for column in LESIONWISE_COLUMNS:
+        values = np.asarray([float(row[column]) for row in rows], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            nan = float("nan")
+            out[column] = {"Mean": nan, "StdDev": nan, "Median": nan, "25quantile": nan, "75quantile": nan, "n": 0}
+            continue
+        with np.errstate(invalid="ignore"):  # inf - inf in the std of a column holding inf
+            out[column] = {
+                "Mean": float(values.mean()),
+                "StdDev": float(values.std()),
+                "Median": float(np.median(values)),
+                "25quantile": float(np.percentile(values, 25)),
+                "75quantile": float(np.percentile(values, 75)),
+                "n": int(values.size),
+            }
+    return out
+
+
+def lesionwise_table(summary: dict[str, dict[str, float]], title: str | None = None):
+    """A rich Table of the lesion-wise summary: one row per figure, one column per region (mean over cases)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("figure (mean over cases)")
+    for region in LESION_REGIONS:
+        table.add_column(region, justify="right")
+    for metric in (*PANOPTICA_METRICS, *RANKING_METRICS):
+        digits = 1 if metric in COUNT_METRICS else 2 if "hd95" in metric else 4
+        table.add_row(metric, *(f"{summary[f'{metric}_{r.lower()}']['Mean']:.{digits}f}" for r in LESION_REGIONS),
+                      end_section=metric in ("all_instance_f1", "global_hd95", "lesionwise_hd95_std"))
+    return table

@@ -66,6 +66,7 @@ class CaseScores:
     metrics: dict[str, float]
     hd95: str = "pooled"
     warnings: list[str] = field(default_factory=list)
+    lesionwise: dict[str, float] | None = None  # --lesion-wise: agsevnet.evaluate.lesionwise.LESIONWISE_COLUMNS
 
     @property
     def missing_prediction(self) -> bool:
@@ -83,6 +84,7 @@ class CaseScores:
             "hd95_rule": self.hd95,
             "warnings": list(self.warnings),
             "metrics": dict(self.metrics),
+            **({} if self.lesionwise is None else {"lesionwise": dict(self.lesionwise)}),
         }
 
 
@@ -99,6 +101,7 @@ class Evaluation:
     pred_labels: str | None = None  # None: as ``labels``
     hd95: str = "pooled"
     strict_geometry: bool = False
+    lesion_wise: bool = False
 
     @property
     def warnings(self) -> list[str]:
@@ -169,7 +172,7 @@ def _check_geometry(pred: np.ndarray, pred_affine: np.ndarray, gt: np.ndarray, g
 
 
 def evaluate_pair(pair: Pair, labels: str = "auto", *, pred_labels: str | None = None, hd95: str = "pooled",
-                  strict_geometry: bool = False) -> CaseScores:
+                  strict_geometry: bool = False, lesion_wise: bool = False) -> CaseScores:
     """Read one pair of files and compute its metrics (the prediction is empty when ``pair.pred`` is None).
 
     ``labels``: the ground truth's convention (and the prediction's when ``pred_labels`` is None);
@@ -196,8 +199,14 @@ def evaluate_pair(pair: Pair, labels: str = "auto", *, pred_labels: str | None =
         # rule 3: the prediction belongs to the ground truth's family (the resolved convention is never None)
         pred_conv = pred_mode if pred_mode != "auto" else resolve_convention(pred_data, gt_conv, pair.pred)
         pred = _to_internal(pred_data, pred_conv, pair.pred)
+    lesionwise = None
+    if lesion_wise:  # the BraTS 2023+ lesion-wise columns (agsevnet.evaluate.lesionwise)
+        from agsevnet.evaluate.lesionwise import lesionwise_metrics
+
+        lesionwise = lesionwise_metrics(pred, gt, spacing)
     return CaseScores(pair.case_id, pair.pred, pair.gt, pred_conv, gt_conv, spacing,
-                      case_metrics(pred, gt, spacing, hd95=hd95), hd95=hd95, warnings=warnings)
+                      case_metrics(pred, gt, spacing, hd95=hd95), hd95=hd95, warnings=warnings,
+                      lesionwise=lesionwise)
 
 
 def _evaluate_pair_portable(pair: Pair, labels: str, options: dict[str, Any]) -> CaseScores | tuple[str, str | None]:
@@ -224,12 +233,14 @@ def evaluate(
     pred_labels: str | None = None,
     hd95: str = "pooled",
     strict_geometry: bool = False,
+    lesion_wise: bool = False,
 ) -> Evaluation:
     """Evaluate every ground-truth case under ``gt`` against its prediction under ``pred`` (files or folders).
 
     ``labels`` / ``pred_labels``: the label conventions (module docstring); ``hd95``: the Hausdorff95 rule
     (:data:`agsevnet.evaluate.metrics.HD95_RULES`); ``strict_geometry``: an affine that differs from the ground
-    truth's is an error instead of a warning. ``workers`` processes read and score cases in parallel (None:
+    truth's is an error instead of a warning; ``lesion_wise``: also the lesion-wise columns of
+    :mod:`agsevnet.evaluate.lesionwise` per case. ``workers`` processes read and score cases in parallel (None:
     :func:`default_workers`); a progress bar shows cases done and the ETA. Raises :class:`DataError` naming the
     file on bad input.
     """
@@ -240,7 +251,8 @@ def evaluate(
             raise ValueError(f"{name} must be one of {LABEL_MODES}, got {value!r}")
     if hd95 not in HD95_RULES:
         raise ValueError(f"hd95 must be one of {tuple(HD95_RULES)}, got {hd95!r}")
-    options: dict[str, Any] = {"pred_labels": pred_labels, "hd95": hd95, "strict_geometry": strict_geometry}
+    options: dict[str, Any] = {"pred_labels": pred_labels, "hd95": hd95, "strict_geometry": strict_geometry,
+                               "lesion_wise": lesion_wise}
     pred_root, gt_root = Path(pred).absolute(), Path(gt).absolute()  # the JSON's paths work from any folder
     pairs, extra = match_cases(pred_root, gt_root, missing=missing)
     workers = default_workers(len(pairs)) if workers is None else max(1, int(workers))
@@ -276,4 +288,5 @@ def evaluate(
         pred_labels=pred_labels,
         hd95=hd95,
         strict_geometry=strict_geometry,
+        lesion_wise=lesion_wise,
     )

@@ -9,6 +9,9 @@ Files (every one written atomically):
 - ``<out>.csv``: one row per case, columns ``case``, :data:`agsevnet.evaluate.metrics.COLUMNS` and
   ``hd95_rule`` (the Hausdorff95 rule that produced the ``Hausdorff95_*`` figures: ``pooled`` or ``max``);
 - ``<out>_summary.csv``: one row per statistic, columns ``statistic``, the same 12 columns and ``hd95_rule``;
+- with ``--lesion-wise``, both CSVs go on with :data:`agsevnet.evaluate.lesionwise.LESIONWISE_COLUMNS` after
+  ``hd95_rule`` (summary statistics skip NaN), and the JSON gets per case ``lesionwise`` and at the top
+  ``lesionwise_columns``, ``lesionwise_conventions`` and ``lesionwise_summary``;
 - the JSON (``format: agsevnet-evaluation``): the per-case rows with the prediction and ground-truth paths,
   the label conventions used, the Hausdorff95 rule and any geometry warning, the summary, and the conventions
   of the metrics (``hd95_rule`` at the top level, with its sentence under ``conventions``).
@@ -28,6 +31,8 @@ import numpy as np
 
 from agsevnet import __version__
 from agsevnet.errors import DataError, OutputExistsError
+from agsevnet.evaluate.lesionwise import CONVENTIONS as LESIONWISE_CONVENTIONS
+from agsevnet.evaluate.lesionwise import LESIONWISE_COLUMNS, summarize_lesionwise
 from agsevnet.evaluate.metrics import COLUMNS, HD95_EMPTY, HD95_RULES, hd95_empty
 from agsevnet.fsutil import write_json_atomic, write_text_atomic
 
@@ -96,15 +101,21 @@ def _fmt(value: float) -> str:
 def case_csv_text(cases: Iterable[Mapping[str, Any]], hd95: str = "pooled") -> str:
     """CSV text of per-case rows (``{"case": id, "metrics": {...}}``, the JSON's case entries); the last
     column, ``hd95_rule``, names the Hausdorff95 rule (a case's own ``hd95_rule``, else ``hd95``)."""
-    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS), case.get("hd95_rule", hd95)]
-            for case in cases)
-    return _csv_text(["case", *COLUMNS, "hd95_rule"], rows)
+    cases = list(cases)
+    extra = LESIONWISE_COLUMNS if cases and all("lesionwise" in case for case in cases) else ()  # --lesion-wise
+    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS), case.get("hd95_rule", hd95),
+             *(_fmt(case["lesionwise"][c]) for c in extra)] for case in cases)
+    return _csv_text(["case", *COLUMNS, "hd95_rule", *extra], rows)
 
 
-def summary_csv_text(summary: Mapping[str, Mapping[str, float]], hd95: str = "pooled") -> str:
-    """CSV text of the summary: one row per statistic, the 12 columns and ``hd95_rule``."""
-    rows = ([stat, *(_fmt(summary[c][stat]) for c in COLUMNS), hd95] for stat in STATISTICS)
-    return _csv_text(["statistic", *COLUMNS, "hd95_rule"], rows)
+def summary_csv_text(summary: Mapping[str, Mapping[str, float]], hd95: str = "pooled",
+                     lesionwise: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """CSV text of the summary: one row per statistic, the 12 columns and ``hd95_rule`` (then the lesion-wise
+    columns' statistics when ``lesionwise``, NaN skipped)."""
+    extra = LESIONWISE_COLUMNS if lesionwise else ()
+    rows = ([stat, *(_fmt(summary[c][stat]) for c in COLUMNS), hd95, *(_fmt(lesionwise[c][stat]) for c in extra)]
+            for stat in STATISTICS)
+    return _csv_text(["statistic", *COLUMNS, "hd95_rule", *extra], rows)
 
 
 def evaluation_record(evaluation) -> dict[str, Any]:
@@ -126,7 +137,14 @@ def evaluation_record(evaluation) -> dict[str, Any]:
         "unmatched_predictions": list(evaluation.unmatched_predictions),
         "cases": cases,
         "summary": summarize(case["metrics"] for case in cases),
+        **(_lesionwise_record(cases) if getattr(evaluation, "lesion_wise", False) else {}),
     }
+
+
+def _lesionwise_record(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON keys of ``--lesion-wise``: its columns, conventions and summary (each case holds ``lesionwise``)."""
+    return {"lesionwise_columns": list(LESIONWISE_COLUMNS), "lesionwise_conventions": LESIONWISE_CONVENTIONS,
+            "lesionwise_summary": summarize_lesionwise([case["lesionwise"] for case in cases])}
 
 
 def check_outputs(paths: Iterable[Path | None], overwrite: bool) -> None:
@@ -142,7 +160,8 @@ def write_outputs(record: Mapping[str, Any], csv_path: Path | None = None, json_
     if csv_path is not None:
         hd95 = record.get("hd95_rule", "pooled")  # records written before the rule was an option were pooled
         write_text_atomic(csv_path, case_csv_text(record["cases"], hd95))
-        write_text_atomic(summary_path(csv_path), summary_csv_text(record["summary"], hd95))
+        write_text_atomic(summary_path(csv_path), summary_csv_text(record["summary"], hd95,
+                                                                   record.get("lesionwise_summary")))
         written += [Path(csv_path), summary_path(csv_path)]
     if json_path is not None:
         write_json_atomic(json_path, record)

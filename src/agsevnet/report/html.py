@@ -230,6 +230,30 @@ def per_case_html(cases: Sequence[Mapping[str, Any]]) -> str:
     return table_html(header, rows, classes)
 
 
+def lesionwise_html(cases: Sequence[Mapping[str, Any]]) -> str:
+    """The lesion-wise figures (``agsevnet evaluate --lesion-wise``): per figure and region the mean and standard
+    deviation over cases (NaN skipped, n shown), then every case's columns folded."""
+    from agsevnet.evaluate.lesionwise import (
+        LESION_REGIONS, LESIONWISE_COLUMNS, PANOPTICA_METRICS, RANKING_METRICS, summarize_lesionwise)
+
+    summary = summarize_lesionwise([case["lesionwise"] for case in cases])
+    header = ["figure", *(f"{r} mean ± std (n)" for r in LESION_REGIONS)]
+
+    def cell(column: str) -> str:
+        stats = summary[column]
+        return f"{_fmt(stats['Mean'])} ± {_fmt(stats['StdDev'])} ({stats['n']})"
+
+    rows = [[_e(m), *(cell(f"{m}_{r.lower()}") for r in LESION_REGIONS)] for m in (*PANOPTICA_METRICS, *RANKING_METRICS)]
+    per_case = table_html(["case", *LESIONWISE_COLUMNS],
+                          [[_e(case["case"]), *(_fmt(case["lesionwise"][c]) for c in LESIONWISE_COLUMNS)] for case in cases])
+    return ("<h4>Lesion-wise metrics (BraTS 2023+)</h4><p class=\"muted\">all_instance_*, global_*, lesionwise_*: as "
+            "brats-evaluation (panoptica) computes them, lesion-wise means over matched lesions only; brats2023_*: "
+            "the BraTS 2023 ranking rule (each missed lesion and each false-positive component counts Dice 0 and "
+            "HD95 374; lesions of 50 mm³ or less left out). HD95 in mm (global_hd95 in voxels).</p>"
+            + table_html(header, rows)
+            + f"<details><summary>per-case lesion-wise figures ({len(cases)} cases)</summary>{per_case}</details>")
+
+
 def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for key, value in obj.items():
@@ -429,6 +453,8 @@ def _evaluation_section(title: str, cases: list[dict[str, Any]], *, gt_root: Pat
     parts.append(img_tag(png, "metric distributions", "Each point is a case; boxes span the quartiles with the "
                          "median line, whiskers reach 1.5 times the interquartile range."))
     parts.append(f"<details><summary>per-case metrics ({len(cases)} cases)</summary>{per_case_html(cases)}</details>")
+    if cases and all("lesionwise" in case for case in cases):  # evaluated with --lesion-wise
+        parts.append(lesionwise_html(cases))
     drawn = 0
     if with_files:
         finder = _ImageFinder()
