@@ -159,12 +159,11 @@ def memory_case(case_id: str, image: np.ndarray, label: np.ndarray, background: 
 
 def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False) -> list[PatchCase]:
     """:class:`PatchCase` objects for cached cases (labels read once to find the tumour voxels)."""
-    from tqdm.auto import tqdm
-
     from agsevnet.preprocess import background_values, load_cached
+    from agsevnet.progress import progress_bar
 
     out = []
-    for case_id in tqdm(case_ids, desc="indexing tumour voxels", unit="case", disable=not progress, leave=False):
+    for case_id in progress_bar(case_ids, desc="indexing tumour voxels", unit="case", disable=not progress, leave=False):
         pre = load_cached(cache_dir, case_id, mmap=True)
         if pre.label is None:
             from agsevnet.errors import DataError
