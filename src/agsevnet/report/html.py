@@ -1,5 +1,6 @@
 """``agsevnet report``: one self-contained HTML file of what a folder holds (a training run, an evaluation, a
-demo), opening offline: images are embedded as base64 PNG data URIs, the CSS is inline, nothing is fetched.
+demo), opening offline: images are embedded as base64 PNG data URIs, the CSS and the viewer's script and
+volumes are inline, nothing is fetched.
 
 The folder is searched recursively (hidden folders, TensorBoard's ``tb/`` and Python environments skipped)
 and files are classified by their content, not their place:
@@ -10,8 +11,10 @@ and files are classified by their content, not their place:
 - a JSON with ``"format": "agsevnet-evaluation"`` (written by ``agsevnet evaluate --json``): summary and
   per-case tables, scatter + box plots of the metrics, tumour-centre slices of up to ``max_overlays`` cases
   (the ground truth and the prediction from the paths the JSON records, the FLAIR image, or T1ce, found with
-  :func:`agsevnet.data.layouts.discover` on the ground truth's dataset or case folder) and a 3D rendering of
-  the case with the median mean Dice;
+  :func:`agsevnet.data.layouts.discover` on the ground truth's dataset or case folder), an interactive viewer of
+  the same cases (every modality in three orientations, the prediction, the ground truth and the uncertainty
+  map next to the prediction as overlays: :mod:`agsevnet.report.viewer`) and a 3D rendering of the case with
+  the median mean Dice;
 - a CSV with the columns ``case`` and the 12 BraTS metrics that no evaluation JSON covers: its tables and
   plots (no overlays: the files are unknown); ``<name>_summary.csv`` next to ``<name>.csv`` is skipped (the
   summary is recomputed);
