@@ -323,19 +323,64 @@ def _read_meta(case_dir: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
+def _os_error(exc: OSError, path: Path) -> DataError:
+    """A :class:`DataError` carrying the operating system's own reason (not a guess about the cache)."""
+    import errno
+    import resource
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        reason += f" (this process may open {soft}: raise it with `ulimit -n`, or use fewer loader processes)"
+    return DataError(f"cannot open the cached array: {reason}", Path(exc.filename or path))
+
+
+def _open_arrays(case_dir: Path, meta: dict[str, Any], mmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image and label arrays of a cached case (read-only memory maps with ``mmap``), checked against the
+    shapes and dtypes ``meta`` records.
+
+    Raises :class:`DataError` naming the file: a missing, incomplete or mismatching array says so and asks
+    for a rebuild; any other operating-system error (too many open files, permissions, I/O) is reported as
+    what it is, since rebuilding the cache would not help.
+    """
+    mode = "r" if mmap else None
+    arrays: list[np.ndarray | None] = []
+    try:
+        expected = [(IMAGE_FILE, list(meta["image_shape"]), np.dtype(meta["dtype"]))]
+        if meta["has_label"]:
+            expected.append((LABEL_FILE, list(meta["image_shape"][1:]), np.dtype(np.uint8)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"meta.json lacks the array shapes or dtype ({exc}); rebuild the cache", case_dir / META_FILE) from exc
+    for name, shape, dtype in expected:
+        path = case_dir / name
+        try:
+            arr = np.load(path, mmap_mode=mode)
+        except FileNotFoundError as exc:
+            raise DataError("cached array missing; rebuild the cache (`agsevnet preprocess`)", path) from exc
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
+        except ValueError as exc:  # truncated file or bad header
+            raise DataError(f"cached array incomplete or unreadable ({exc}); rebuild the cache", path) from exc
+        if list(arr.shape) != shape or arr.dtype != dtype:
+            raise DataError(
+                f"cached array of shape {list(arr.shape)} {arr.dtype}, but meta.json records {shape} {dtype}; "
+                "rebuild the cache", path)
+        arrays.append(arr)
+    if not meta["has_label"]:
+        if (case_dir / LABEL_FILE).exists():
+            raise DataError("labels present but meta.json says the case has none; rebuild the cache",
+                            case_dir / LABEL_FILE)
+        arrays.append(None)
+    return arrays[0], arrays[1]  # type: ignore[return-value]
+
+
 def _arrays_match(case_dir: Path, meta: dict[str, Any]) -> bool:
     """The npy files exist, are complete and have the shapes and dtypes ``meta`` records."""
     try:
-        image = np.load(case_dir / IMAGE_FILE, mmap_mode="r")
-        if list(image.shape) != meta["image_shape"] or image.dtype != np.dtype(meta["dtype"]):
-            return False
-        label_path = case_dir / LABEL_FILE
-        if meta["has_label"]:
-            label = np.load(label_path, mmap_mode="r")
-            return list(label.shape) == meta["image_shape"][1:] and label.dtype == np.uint8
-        return not label_path.exists()
-    except (OSError, ValueError, KeyError, TypeError):
+        _open_arrays(case_dir, meta, mmap=True)
+    except DataError:
         return False
+    return True
 
 
 def _is_valid(case_dir: Path, settings: dict[str, Any], sources: list[dict[str, Any]]) -> bool:
@@ -501,11 +546,10 @@ def _run(
 ) -> dict[str, tuple[str, str] | None]:
     """Build the cases of ``todo``, in-process for one worker, else in a process pool; progress over all
     ``total`` cases (those not in ``todo`` are already valid or already failed)."""
-    from tqdm.auto import tqdm
+    from agsevnet.progress import progress_bar
 
-    bar = tqdm(
-        total=total, initial=total - len(todo), desc="preprocess", unit="case", disable=not progress, file=sys.stderr, dynamic_ncols=True
-    )
+    bar = progress_bar(total=total, initial=total - len(todo), desc="preprocess", unit="case", disable=not progress,
+                       file=sys.stderr)
     results: dict[str, tuple[str, str] | None] = {}
     try:
         if n_workers == 1:
@@ -579,13 +623,22 @@ def list_cached(cache_dir: str | Path) -> list[str]:
 
 def load_cached(cache_dir: str | Path, case_id: str, mmap: bool = True) -> Preprocessed:
     """Load one cached case; with ``mmap`` the image and labels are read-only memory maps (nothing is read
-    until used). Raises :class:`DataError` naming the file when the case is missing or incomplete."""
+    until used; each map holds one file descriptor until it is dropped). Raises :class:`DataError` naming the
+    file when the case is missing or incomplete, or with the operating system's reason when a file cannot be
+    opened (e.g. too many open files)."""
     case_dir = _case_dir(Path(cache_dir), case_id)
     meta_path = case_dir / META_FILE
     if not meta_path.is_file():
         raise DataError(f"case {case_id} is not in the cache (run `agsevnet preprocess` first)", meta_path)
-    meta = _read_meta(case_dir)
-    if meta is None:
+    try:
+        text = meta_path.read_text()
+    except OSError as exc:
+        raise _os_error(exc, meta_path) from exc
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT):
         raise DataError("not a readable agsevnet preprocessing record", meta_path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
@@ -593,9 +646,21 @@ def load_cached(cache_dir: str | Path, case_id: str, mmap: bool = True) -> Prepr
             "rebuild it with `agsevnet preprocess`",
             meta_path,
         )
-    if not _arrays_match(case_dir, meta):
-        raise DataError("the cached arrays are missing or do not match meta.json; rebuild the cache", case_dir)
-    mode = "r" if mmap else None
-    image = np.load(case_dir / IMAGE_FILE, mmap_mode=mode)
-    label = np.load(case_dir / LABEL_FILE, mmap_mode=mode) if meta["has_label"] else None
+    image, label = _open_arrays(case_dir, meta, mmap)
     return Preprocessed(case_id, image, label, meta)
+
+
+def background_values(meta: dict[str, Any]) -> list[float]:
+    """The value the background (voxels 0 in every input modality) has in a preprocessed image, per channel,
+    from its ``meta``: 0 under ``brain`` normalisation; ``-mean / std`` under ``image`` normalisation (the
+    paper's), computed as :func:`normalize` does and rounded to the cache dtype, so it equals the stored
+    background exactly. What padding (training patches, the whole-image pass) should fill with."""
+    stats = meta["normalization"]
+    if stats.get("mode", "brain") == "brain":
+        return [0.0] * len(stats["mean"])
+    dtype = np.dtype(meta.get("dtype", "float32"))
+    out = []
+    for mean, std in zip(stats["mean"], stats["std"], strict=True):
+        value = (np.float32(0) - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
+        out.append(float(np.asarray(value, dtype=np.float32).astype(dtype)))
+    return out
