@@ -13,7 +13,8 @@ Three checks, each of which fails the script (exit 1) with what is at fault:
    every script error and ``console.error``, waits for the first viewer to draw, then toggles the prediction
    and ground-truth overlays, turns the uncertainty map on (where the case has one), moves the opacity slider,
    switches the modality, moves the axial slice slider and switches to the second case, and records whether
-   each changed the axial canvas's pixels (a hash of ``getImageData``) and its ``data-slice``.
+   each changed the axial canvas's pixels (a hash of ``getImageData``) and its ``data-slice``; it also points
+   at a voxel (the read-out must appear) and clicks it (the coronal view must move to it).
 
 Then the report itself (not the copy) is rendered with ``--screenshot`` at ``--width`` x ``--height`` CSS
 pixels: the top of the report (notes, summary, metrics, the first plots), or with ``--viewer`` the first
@@ -120,6 +121,15 @@ VIEWER_CHECK_SCRIPT = f"""<script>
       var n = parseInt(slider.max, 10), s0 = parseInt(slider.value, 10);
       changes("slider", function () {{ slider.value = String(s0 + 3 <= n ? s0 + 3 : s0 - 3); fire(slider, "input"); }});
       result.slices = [slice, canvas.getAttribute("data-slice")];
+      // Pointing at a voxel reads it out; clicking it moves the other views to it.
+      var rect = canvas.getBoundingClientRect();
+      var at = {{clientX: rect.left + rect.width * 0.5, clientY: rect.top + rect.height * 0.15, bubbles: true}};
+      canvas.dispatchEvent(new MouseEvent("mousemove", at));
+      result.probe = q("agv-probe").textContent;
+      var coronal = root.querySelector('.agv-view[data-view="coronal"] canvas');
+      var coronalSlice = coronal.getAttribute("data-slice");
+      canvas.dispatchEvent(new MouseEvent("click", at));
+      result.clickMoved = coronal.getAttribute("data-slice") !== coronalSlice;
       result.first = before;
       var select = q("agv-case");
       if (select.options.length < 2) return report(result);
@@ -236,6 +246,10 @@ def viewer_problems(result: dict) -> list[str]:
             problems.append(f"{name} did not change the picture")
     if "slider" not in result.get("changed", {}) or result["slices"][0] == result["slices"][1]:
         problems.append("the slice slider did not move the slice")
+    if not result.get("probe", "").startswith("voxel "):
+        problems.append(f"pointing at a voxel shows {result.get('probe')!r}")
+    if result.get("clickMoved") is False:
+        problems.append("clicking a voxel did not move the other views")
     return problems
 
 

@@ -192,6 +192,9 @@ def test_viewer_in_headless_chromium_slider_overlays_no_errors(report, tmp_path)
                                  "agv-modality": True, "slider": True, "agv-case": True}
     assert result["slices"][0] != result["slices"][1]
     assert result["uncertainty"] == "enabled" and result["uncertaintySecond"] == "disabled"
+    assert result["clickMoved"] is True
+    assert re.fullmatch(r"voxel \d+, \d+, \d+ .*; ground truth: [a-z /-]+; prediction: [a-z /-]+; "
+                        r"uncertainty [01]\.\d\d", result["probe"]), result["probe"]
     assert _script().viewer_problems(result) == []
     # A broken viewer is reported: data that does not inflate.
     first = payloads(document)[0]["images"][0]["data"]

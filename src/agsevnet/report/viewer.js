@@ -21,6 +21,7 @@
     {name: "WT", labels: [false, true, true, true], colour: [44, 160, 44]}
   ];
   var VIEW_NAMES = ["axial", "coronal", "sagittal"];
+  var LABEL_NAMES = ["background", "necrotic / non-enhancing core", "edema", "enhancing tumour"];
   var MAX_CSS_PX = 320; // the largest extent of a case, in CSS pixels
 
   function inflate(b64) {
@@ -83,15 +84,40 @@
         self.step(name, ev.deltaY > 0 ? -1 : 1);
       }, {passive: false});
       view.canvas.addEventListener("click", function (ev) {
-        var rect = view.canvas.getBoundingClientRect();
-        var c = Math.floor((ev.clientX - rect.left) / rect.width * view.geo.w);
-        var r = Math.floor((ev.clientY - rect.top) / rect.height * view.geo.h);
-        if (c < 0 || r < 0 || c >= view.geo.w || r >= view.geo.h) return;
-        var voxel = view.geo.voxel(c, r, self.slices[view.geo.axis]);
+        var voxel = self.pointed(view, ev);
+        if (!voxel) return;
         for (var a = 0; a < 3; a++) if (a !== view.geo.axis) self.slices[a] = voxel[a];
         self.renderAll();
       });
+      view.canvas.addEventListener("mousemove", function (ev) { self.probe(self.pointed(view, ev)); });
+      view.canvas.addEventListener("mouseleave", function () { self.probe(null); });
     });
+  };
+
+  /* The voxel (x, y, z) under the mouse in a view, or null. */
+  Viewer.prototype.pointed = function (view, ev) {
+    if (!view.geo) return null;
+    var rect = view.canvas.getBoundingClientRect();
+    var c = Math.floor((ev.clientX - rect.left) / rect.width * view.geo.w);
+    var r = Math.floor((ev.clientY - rect.top) / rect.height * view.geo.h);
+    if (c < 0 || r < 0 || c >= view.geo.w || r >= view.geo.h) return null;
+    return view.geo.voxel(c, r, this.slices[view.geo.axis]);
+  };
+
+  /* What the volumes hold at a voxel, shown under the views. */
+  Viewer.prototype.probe = function (voxel) {
+    var out = this.q("agv-probe");
+    if (!voxel || !this.volumes) { out.textContent = ""; return; }
+    var shape = this.record.shape, volumes = this.volumes, levels = this.record.levels;
+    var i = (voxel[0] * shape[1] + voxel[1]) * shape[2] + voxel[2];
+    var parts = ["voxel " + voxel.join(", ") + " (RAS, cropped grid)"];
+    var modality = this.q("agv-modality");
+    if (volumes[modality.value]) parts.push(modality.options[modality.selectedIndex].text + " level " +
+                                            volumes[modality.value][i] + "/" + (levels - 1));
+    if (volumes.gt) parts.push("ground truth: " + LABEL_NAMES[volumes.gt[i]]);
+    if (volumes.pred) parts.push("prediction: " + LABEL_NAMES[volumes.pred[i]]);
+    if (volumes.uncertainty) parts.push("uncertainty " + (volumes.uncertainty[i] / (levels - 1)).toFixed(2));
+    out.textContent = parts.join("; ");
   };
 
   Viewer.prototype.step = function (name, delta) {

@@ -302,6 +302,7 @@ background:#000;color:#fff;padding:2px 4px;border-radius:4px;font-weight:700;fon
 .agv-swatch{display:inline-block;width:.9rem;height:.9rem;border-radius:2px;vertical-align:middle;margin-right:.3rem}
 .agv-ubar{display:inline-block;width:5rem;height:.7rem;vertical-align:middle;margin:0 .3rem;
 background:linear-gradient(90deg,rgba(0,255,255,.15),rgb(255,0,255))}
+.agv-probe{font-size:.82rem;color:#1d232a;min-height:1.2em;margin-top:.3rem}
 .agv-status{font-size:.85rem;color:#5b6670;margin:.4rem 0 0}.agv-status.agv-error{color:#b00020}
 """
 
@@ -335,8 +336,9 @@ def viewer_html(payloads: Sequence[Mapping[str, Any]], index: int = 0) -> str:
 </div>
 <p class="agv-orientation">Radiological convention: the patient's right is on the viewer's left (axial and coronal);
 sagittal views show anterior on the left; superior is up. Scroll a view (mouse wheel or its slider) to move
-through slices; click a point to centre the other two views on it.</p>
+through slices; click a point to centre the other two views on it; point at a voxel to read its values.</p>
 <div class="agv-views">{"".join(views)}</div>
+<div class="agv-probe" aria-live="polite"></div>
 <div class="agv-legend">{swatches}<span>uncertainty: low<span class="agv-ubar"></span>high</span></div>
 <p class="agv-status">Interactive viewer: needs JavaScript and a browser that decompresses data
 (DecompressionStream: Chrome/Edge 80+, Firefox 113+, Safari 16.4+).</p>
