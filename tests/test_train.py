@@ -62,6 +62,40 @@ def test_lr_schedules():
     assert lr_lambda(poly, 100)(50) == pytest.approx(0.5)
 
 
+def test_lr_schedule_retargeted_continues_from_the_current_rate():
+    """Issue 11 fix 8: moving the end of a cosine/poly decay (resume with more or fewer steps) continues from the
+    factor reached, down to min_lr at the new end, with no jump."""
+    for schedule in ("cosine", "poly"):
+        optim = dict(load_config("default")["optim"], schedule=schedule, warmup_steps=10, lr=1.0, min_lr=0.01)
+        for new_total in (300, 80):
+            f = lr_lambda(optim, 100)
+            before = f(50)
+            assert f.retarget(50, new_total) == before and f(50) == pytest.approx(before)
+            curve = [f(s) for s in range(50, new_total + 1)]
+            assert all(b <= a + 1e-12 for a, b in zip(curve, curve[1:])), schedule
+            assert curve[-1] == pytest.approx(0.01 if schedule == "cosine" else max(0.01, 0.0))
+    step = dict(load_config("paper")["optim"])
+    g = lr_lambda(step, 350_000)
+    g.retarget(100, 500_000)
+    assert g(233_334) == pytest.approx(0.3)  # milestones are steps, not fractions: unchanged
+
+
+def test_resume_with_more_steps_does_not_raise_the_learning_rate(tiny_data, tmp_path):
+    """Issue 11 fix 8, end to end: a finished cosine run extended with --resume keeps decaying (here: stays at
+    min_lr) instead of restarting the cosine over the new total from a higher rate."""
+    over = TINY + ["train.log_every=1", "validation.every=0", "optim.lr=0.01", "optim.min_lr=0.0001"]
+    train(tiny_data, tmp_path / "run", config="cpu-small", overrides=over + ["train.steps=6"], device="cpu",
+          cache_dir=tmp_path / "cache", progress=False)
+    train(tiny_data, tmp_path / "run", overrides=["train.steps=12"], resume=True, device="cpu",
+          cache_dir=tmp_path / "cache", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    lrs = [float(r["lr"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    after_warmup = lrs[2:]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(after_warmup, after_warmup[1:])), lrs
+    assert lrs[-1] == pytest.approx(0.0001, rel=1e-6)
+
+
 def test_run_folder_rules(tiny_data, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_data, run, config="cpu-small", overrides=TINY + ["train.steps=6"], device="cpu",

@@ -57,32 +57,55 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset({"train.steps", "data.workers"})
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def lr_lambda(optim: Mapping[str, Any], total_steps: int) -> Callable[[int], float]:
+class LRSchedule:
     """The learning-rate factor after ``s`` optimiser steps (``LambdaLR``): linear warm-up, then the schedule.
 
     ``constant``; ``step`` (times ``gamma`` at each of ``milestones``); ``poly`` ((1 - progress)^poly_power);
     ``cosine`` (half a cosine from 1 to ``min_lr / lr``). ``poly`` and ``cosine`` never go below ``min_lr``.
+
+    A callable object rather than a closure so that ``LambdaLR.state_dict()`` saves its attributes (plain numbers)
+    in the checkpoint: a resumed run knows the schedule it was on. :meth:`retarget` moves the end of the decay
+    (``--resume`` with another ``train.steps``) without a jump: the decay continues from the factor reached.
     """
-    warmup = int(optim["warmup_steps"])
-    schedule = optim["schedule"]
-    floor = float(optim["min_lr"]) / float(optim["lr"])
-    milestones = sorted(int(m) for m in optim["milestones"])
-    gamma, power = float(optim["gamma"]), float(optim["poly_power"])
-    span = max(1, total_steps - warmup)
 
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        progress = min(1.0, (s - warmup) / span)
-        if schedule == "step":
-            return gamma ** sum(s >= m for m in milestones)
-        if schedule == "poly":
-            return max(floor, (1.0 - progress) ** power)
-        if schedule == "cosine":
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+    def __init__(self, optim: Mapping[str, Any], total_steps: int):
+        self.warmup = int(optim["warmup_steps"])
+        self.schedule = str(optim["schedule"])
+        self.floor = float(optim["min_lr"]) / float(optim["lr"])
+        self.milestones = sorted(int(m) for m in optim["milestones"])
+        self.gamma, self.power = float(optim["gamma"]), float(optim["poly_power"])
+        self.total = int(total_steps)
+        self.anchor_step: int | None = None  # where the decay (re)starts, and from which factor (None: warm-up end, 1)
+        self.anchor_factor: float | None = None
 
-    return factor
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return (s + 1) / self.warmup
+        if self.schedule == "step":
+            return self.gamma ** sum(s >= m for m in self.milestones)
+        if self.schedule not in ("poly", "cosine"):
+            return 1.0
+        start, top = (self.warmup, 1.0) if self.anchor_step is None else (self.anchor_step, self.anchor_factor)
+        progress = min(1.0, max(0.0, (s - start) / max(1, self.total - start)))
+        if self.schedule == "poly":
+            return max(self.floor, top * (1.0 - progress) ** self.power)
+        return self.floor + (top - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def retarget(self, step: int, total_steps: int) -> float:
+        """End the decay at ``total_steps`` instead, continuing smoothly from the factor at ``step``: ``poly`` and
+        ``cosine`` decay from there to ``min_lr`` over the remaining steps (restarting them over the new total
+        would jump the rate back up); warm-up, ``step`` and ``constant`` do not depend on the total. Returns
+        the factor at ``step``."""
+        current = self(step)
+        if self.schedule in ("poly", "cosine") and step >= self.warmup:
+            self.anchor_step, self.anchor_factor = int(step), float(current)
+        self.total = int(total_steps)
+        return current
+
+
+def lr_lambda(optim: Mapping[str, Any], total_steps: int) -> LRSchedule:
+    """The :class:`LRSchedule` of the ``optim`` config section over ``total_steps``."""
+    return LRSchedule(optim, total_steps)
 
 
 def training_step(net: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
@@ -366,6 +389,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.start_step = int(ckpt["step"])
+        self._continue_schedule(ckpt)
         self.best = dict(ckpt.get("best", self.best))
         self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         ranks = ckpt["rng"]["ranks"]
@@ -378,6 +402,26 @@ class Trainer:
             self.say(f"note: the run already reached step {self.start_step} of {self.total} (raise --steps to extend it)")
         else:
             self.say(f"resuming from step {self.start_step} ({path})")
+
+    def _continue_schedule(self, ckpt: Mapping[str, Any]) -> None:
+        """After loading the scheduler: when ``train.steps`` changed, retarget the decay to the new total from the
+        rate reached (see :meth:`LRSchedule.retarget`) and say so."""
+        saved = (ckpt["scheduler"].get("lr_lambdas") or [None])[0]
+        for fn in self.scheduler.lr_lambdas:
+            if not saved:  # a checkpoint from before LRSchedule: the run's own config says which total it had
+                fn.total = int(((ckpt.get("config") or {}).get("train") or {}).get("steps", fn.total))
+            old_total = fn.total
+            if old_total == self.total or self.start_step >= self.total:
+                continue
+            factor = fn.retarget(self.start_step, self.total)
+            base = float(self.cfg["optim"]["lr"])
+            if fn.schedule in ("poly", "cosine") and self.start_step >= fn.warmup:
+                self.say(f"note: train.steps changed from {old_total} to {self.total}: the learning rate continues "
+                         f"from {base * factor:.3g} (step {self.start_step}) and decays to optim.min_lr "
+                         f"{fn.floor * base:.3g} over the remaining {self.total - self.start_step} steps "
+                         "(the schedule is not restarted)")
+        for group, base_lr, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base_lr * fn(self.start_step)  # the rate the next step uses
 
     # -- checkpoints and validation
     def _checkpoint(self, step: int, **extra: Any) -> dict:
@@ -437,7 +481,7 @@ class Trainer:
 
     # -- the loop
     def fit(self) -> dict:
-        from tqdm.auto import tqdm
+        from agsevnet.progress import progress_bar
 
         cfg, dev, info = self.cfg, self.device, self.info
         tcfg = cfg["train"]
@@ -447,8 +491,8 @@ class Trainer:
         autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         log = RunLog(self.run_dir, self.start_step) if info.is_main else None
         loader = make_loader(self.dataset, self.start_step, self.total, self.workers, pin_memory=dev.type == "cuda")
-        self._bar = tqdm(total=self.total, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
-                         disable=not self.progress, file=sys.stderr, smoothing=0.05)
+        self._bar = progress_bar(total=self.total, initial=self.start_step, desc="train", unit="step",
+                                 disable=not self.progress, file=sys.stderr, smoothing=0.05)
         self.say(
             f"training {cfg['model']['name']} ({self.n_params / 1e6:.2f} M parameters) on {dev}"
             f"{' x %d processes' % info.world_size if info.enabled else ''}, {self.amp}, patches {self.patch} x "
