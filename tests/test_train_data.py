@@ -273,3 +273,30 @@ def test_loader_keeps_a_bounded_number_of_cases_open():
         assert len(ds._arrays) <= 3
     assert len(opened) > 12  # cases were closed and opened again
     assert D.open_case_limit() >= 1
+
+
+def test_whole_pass_pads_with_the_given_background_value():
+    """The whole-image pass pads the crop to the network's divisor with ``pad_value`` per channel (issue 11 fix 9)."""
+    from agsevnet.infer.engine import predict_probabilities
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        required_divisor = 16
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 4, 1)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.conv(x)
+
+    image = np.ones((2, 10, 12, 16), np.float32)
+    predict_probabilities(Probe(), image, roi_size=(16, 16, 16), strategy="whole", pad_value=[-0.5, -2.0], amp="fp32")
+    x = seen[-1][0]
+    assert x.shape == (2, 16, 16, 16)
+    assert torch.all(x[0, 0] == -0.5) and torch.all(x[1, 0] == -2.0)  # a padded slice
+    assert torch.all(x[:, 3:13, 2:14, :] == 1.0)  # the image itself, centred
+    predict_probabilities(Probe(), image, roi_size=(16, 16, 16), strategy="whole", amp="fp32")
+    assert torch.all(seen[-1][0, :, 0] == 0.0)  # default: zeros, as before

@@ -203,6 +203,7 @@ def predict_probabilities(
     divisor: int | None = None,
     memory_budget: int | None = None,
     channels_last: bool = False,
+    pad_value: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
     """Softmax probabilities ``(num_classes, x, y, z)`` float32 (CPU) of ``model`` on one image ``(C, x, y, z)``.
 
@@ -241,7 +242,10 @@ def predict_probabilities(
         region = tuple(slice(p, p + s) for p, s in zip(pads, spatial))
 
         def run(batch: torch.Tensor) -> torch.Tensor:
-            out = network(F.pad(batch, pad_arg))
+            # pad_value: the image's background per channel (0, or -mean/std under whole-image normalisation)
+            fill = [float(v) for v in pad_value] if isinstance(pad_value, Sequence) else [float(pad_value)] * batch.shape[1]
+            out = network(torch.cat([F.pad(batch[:, c:c + 1], pad_arg, value=v) for c, v in enumerate(fill)], 1)
+                          if any(fill) else F.pad(batch, pad_arg))
             return out[(slice(None), slice(None), *region)]
     else:
         from monai.inferers import sliding_window_inference  # importing MONAI takes seconds: only when needed

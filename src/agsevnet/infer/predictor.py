@@ -323,7 +323,7 @@ def predict(
     unless ``overwrite``; a case that fails is recorded with its error (which names the file) and the run goes
     on, unless ``raise_errors``. Returns the summary (``summary.ok`` is False when any case failed).
     """
-    from tqdm.auto import tqdm
+    from agsevnet.progress import progress_bar
 
     from agsevnet.data.io import load_case
     from agsevnet.data.nifti import save_labels, save_nifti
@@ -349,7 +349,7 @@ def predict(
             todo.append(spec)
 
     load = functools.partial(load_case, with_label=False)
-    bar = tqdm(total=len(todo), unit="case", desc="predict", disable=not progress or not todo, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), unit="case", desc="predict", disable=not progress or not todo)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agsevnet-read") as reader:
         pending: Future[Case] | None = reader.submit(load, todo[0]) if todo else None
         for i, spec in enumerate(todo):
