@@ -107,7 +107,9 @@ def test_run_folder_rules(tiny_data, tmp_path):
     ckpt = load_checkpoint(run / "last.pt")  # weights_only=True
     assert ckpt["step"] == 6 and ckpt["patch_size"] == [16, 16, 16] and ckpt["num_classes"] == 4
     assert ckpt["channels"] == ["flair", "t1", "t1ce", "t2"]
-    assert ckpt["preprocess"] == {"normalization": "brain", "margin": 4, "dtype": "float16"}
+    assert ckpt["preprocess"] == {"normalization": "brain", "margin": 4, "dtype": "float16", "spacing": None}
+    # the inference settings validation used travel with the checkpoint (predict uses them by default)
+    assert ckpt["inference"]["strategy"] == "sliding" and ckpt["output"] == "classes"
     assert ckpt["model"]["base_width"] == 4 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
     assert "optimizer" not in load_checkpoint(run / "best.pt")
     # 3 cases < 5 folds: trained on all, validated on a training case (said in the summary)

@@ -12,7 +12,12 @@ Steps, per case:
 2. Normalise each modality to zero mean, unit standard deviation: over the brain voxels, with the background
    set to 0 afterwards (``"brain"``, the default, as nnU-Net does), or over the whole uncropped image
    (``"image"``, the paper's eq. 15). The statistics used are recorded.
-3. Store ``float16`` (default) or ``float32``. z-scores fit float16 whatever the input: by Samuelson's
+3. Optionally (``spacing``, e.g. ``(2, 2, 2)`` mm) resample the cropped image to a coarser grid by area
+   averaging (:func:`resample_image`), and the labels by a majority vote over the same cells
+   (:func:`resample_labels`); the native-resolution cropped labels are kept beside them, because evaluation
+   (training's validation included) always scores on the input grid. Prediction resamples the network's
+   probabilities back onto the native crop before deciding labels (:func:`resample_to_shape`).
+4. Store ``float16`` (default) or ``float32``. z-scores fit float16 whatever the input: by Samuelson's
    inequality a value is at most sqrt(n - 1) standard deviations from the mean of the n values it was
    normalised with (under 3,000 for a 240x240x155 volume), far below float16's maximum of 65,504; the
    rounding error (relative 2^-11) is far below MRI noise.
@@ -52,7 +57,8 @@ from agsevnet.errors import AgsevnetError, ConfigError, DataError
 from agsevnet.fsutil import atomic_path, write_json_atomic
 
 FORMAT = "agsevnet-preprocessed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``spacing`` (optional resampling), ``label_native.npy`` and the content hash ``image_sha1``."""
 NORMALIZATIONS: tuple[str, ...] = ("brain", "image")
 DTYPES: tuple[str, ...] = ("float16", "float32")
 
@@ -66,6 +72,7 @@ tissue. It costs voxels, i.e. cache size and inference time, on every case: meas
 
 IMAGE_FILE = "image.npy"
 LABEL_FILE = "label.npy"
+NATIVE_LABEL_FILE = "label_native.npy"
 META_FILE = "meta.json"
 
 Box = tuple[tuple[int, int], ...]
@@ -177,6 +184,67 @@ def normalize(
     return out, {"mode": mode, "mean": means, "std": stds, "voxels": voxels}
 
 
+def resampled_shape(shape: Sequence[int], zooms: Sequence[float], spacing: Sequence[float]) -> tuple[int, int, int]:
+    """The grid size of a ``shape`` volume of voxel size ``zooms`` (mm) resampled to voxel size ``spacing``:
+    ``round(shape * zooms / spacing)``, at least 1 per axis."""
+    return tuple(max(1, int(round(int(n) * float(z) / float(s)))) for n, z, s in zip(shape, zooms, spacing, strict=True))
+
+
+def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``image`` ``(C, X, Y, Z)`` on a grid of ``shape`` (float32): area averaging where it shrinks
+    (``adaptive_avg_pool3d``: every coarse voxel is the mean of the fine voxels it covers, so no detail is aliased
+    and a 2 mm voxel is what a 2 mm scan would measure), trilinear interpolation where it grows."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = tuple(int(s) for s in shape)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    if tuple(x.shape[2:]) == shape:
+        return x[0].numpy()
+    if all(t <= s for t, s in zip(shape, x.shape[2:])):
+        out = F.adaptive_avg_pool3d(x, shape)
+    else:
+        out = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def resample_labels(label: np.ndarray, shape: Sequence[int], num_classes: int = 4) -> np.ndarray:
+    """Internal labels ``(X, Y, Z)`` on a grid of ``shape`` (uint8): the class covering most of each coarse
+    voxel (area averaging of the one-hot maps, then argmax; ties go to the higher label, i.e. to tumour over
+    background and to the inner tumour region)."""
+    import torch
+
+    label = np.asarray(label)
+    shape = tuple(int(s) for s in shape)
+    if label.shape == shape:
+        return np.ascontiguousarray(label, dtype=np.uint8)
+    one_hot = np.stack([label == c for c in range(num_classes)]).astype(np.float32)
+    share = torch.from_numpy(resample_image(one_hot, shape))
+    # Reverse-argmax so that exact ties pick the higher label.
+    best = (num_classes - 1) - torch.argmax(share.flip(0), dim=0)
+    return best.to(torch.uint8).numpy()
+
+
+def resample_to_shape(values: Any, shape: Sequence[int]) -> Any:
+    """Channels ``(C, x, y, z)`` (a torch tensor) trilinearly interpolated onto ``shape``: prediction's way back
+    from a coarse grid to the native crop, applied to probabilities before the labels are decided, so that
+    boundaries fall between coarse voxels instead of on a 2 mm staircase."""
+    import torch.nn.functional as F
+
+    shape = tuple(int(s) for s in shape)
+    if tuple(values.shape[1:]) == shape:
+        return values
+    return F.interpolate(values[None], size=shape, mode="trilinear", align_corners=False)[0]
+
+
+def _image_hash(image: np.ndarray) -> str:
+    """SHA-1 of an image's bytes: the same scan under two names (BraTS 2021 and 2023 copies of one patient)
+    gets the same hash, which lets training count a patient once and keep its copies in one fold."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------- one case
 
 
@@ -189,6 +257,17 @@ class Preprocessed:
     image: np.ndarray
     label: np.ndarray | None
     meta: dict[str, Any]
+    label_native: np.ndarray | None = None
+    """Cropped labels on the input grid when the image was resampled (``meta["spacing"]``); else ``label``."""
+
+    def __post_init__(self) -> None:
+        if self.label_native is None and not self.meta.get("spacing"):
+            self.label_native = self.label
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """Spatial shape of the brain crop on the input grid (what the prediction is resampled back to)."""
+        return tuple(int(b) - int(a) for a, b in self.meta["crop_box"])
 
     @property
     def box(self) -> Box:
@@ -203,6 +282,18 @@ class Preprocessed:
         return Geometry.from_json(self.meta["geometry"])
 
 
+def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise ConfigError(f"spacing must be null or three positive numbers (mm), got {spacing!r}")
+    return values
+
+
 def _check_settings(normalization: str, margin: int, dtype: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}")
@@ -213,14 +304,19 @@ def _check_settings(normalization: str, margin: int, dtype: str) -> None:
 
 
 def preprocess_case(
-    case: Case, normalization: str = "brain", margin: int = DEFAULT_MARGIN, dtype: str = "float16"
+    case: Case, normalization: str = "brain", margin: int = DEFAULT_MARGIN, dtype: str = "float16",
+    spacing: Sequence[float] | None = None,
 ) -> Preprocessed:
-    """Crop ``case`` to its brain (plus ``margin``), normalise it and convert it to ``dtype``.
+    """Crop ``case`` to its brain (plus ``margin``), normalise it, optionally resample it to voxels of
+    ``spacing`` mm, and convert it to ``dtype``.
 
-    The input arrays are not modified. Raises :class:`DataError` (naming the case folder) for images that
+    With ``spacing``, ``image`` and ``label`` are on the coarse grid and ``label_native`` holds the cropped labels
+    on the input grid (``meta["crop_shape"]``); without it ``label_native`` is ``label``. The input arrays are not
+    modified. Raises :class:`DataError` (naming the case folder) for images that
     are not ``(4, X, Y, Z)``, hold NaN/Inf, or labels whose shape differs from the images.
     """
     _check_settings(normalization, margin, dtype)
+    spacing = _check_spacing(spacing)
     where = case.spec.folder or case.case_id
     images = np.asarray(case.images)
     if images.ndim != 4 or images.shape[0] != len(MODALITIES):
@@ -237,10 +333,19 @@ def preprocess_case(
         # Labelled voxels outside the brain (none in BraTS) would otherwise be cut off by the crop.
         box = union_box(box, crop_box(case.label, margin))
     normalized, stats = normalize(images, mask, normalization)
-    image = np.ascontiguousarray(crop(normalized, box), dtype=dtype)
-    label = None
+    cropped = crop(normalized, box)
+    crop_shape = tuple(int(s) for s in cropped.shape[1:])
+    digest = _image_hash(np.ascontiguousarray(cropped, dtype=dtype))
+    label_native = None
     if case.label is not None:
-        label = np.ascontiguousarray(crop(np.asarray(case.label), box), dtype=np.uint8)
+        label_native = np.ascontiguousarray(crop(np.asarray(case.label), box), dtype=np.uint8)
+    label = label_native
+    if spacing is not None:
+        target = resampled_shape(crop_shape, case.geometry.zooms, spacing)
+        cropped = resample_image(cropped, target)
+        if label_native is not None:
+            label = resample_labels(label_native, target)
+    image = np.ascontiguousarray(cropped, dtype=dtype)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -256,12 +361,15 @@ def preprocess_case(
         "image_shape": [int(s) for s in image.shape],
         "margin": int(margin),
         "dtype": dtype,
+        "spacing": None if spacing is None else list(spacing),
+        "crop_shape": list(crop_shape),
+        "image_sha1": digest,
         "normalization": stats,
         "brain_voxels": int(mask.sum()),
     }
     if label is not None:
         meta["label_voxels"] = [int(n) for n in np.bincount(label.ravel(), minlength=4)]
-    return Preprocessed(case.case_id, image, label, meta)
+    return Preprocessed(case.case_id, image, label, meta, label_native)
 
 
 # --------------------------------------------------------------------------------------------- the cache
@@ -311,8 +419,9 @@ def _sources(spec: CaseSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _settings(normalization: str, margin: int, dtype: str) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "normalization": normalization, "margin": margin, "dtype": dtype}
+def _settings(normalization: str, margin: int, dtype: str, spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "normalization": normalization, "margin": margin, "dtype": dtype,
+            "spacing": None if spacing is None else [float(v) for v in spacing]}
 
 
 def _read_meta(case_dir: Path) -> dict[str, Any] | None:
@@ -392,6 +501,7 @@ def _is_valid(case_dir: Path, settings: dict[str, Any], sources: list[dict[str, 
         "normalization": (meta.get("normalization") or {}).get("mode"),
         "margin": meta.get("margin"),
         "dtype": meta.get("dtype"),
+        "spacing": meta.get("spacing"),
     }
     return recorded == settings and meta.get("sources") == sources and _arrays_match(case_dir, meta)
 
@@ -409,18 +519,24 @@ def _write_cached(pp: Preprocessed, case_dir: Path) -> None:
             np.save(tmp, pp.label)
     else:
         (case_dir / LABEL_FILE).unlink(missing_ok=True)
+    if pp.label_native is not None and pp.meta.get("spacing"):
+        with atomic_path(case_dir / NATIVE_LABEL_FILE) as tmp:
+            np.save(tmp, pp.label_native)
+    else:
+        (case_dir / NATIVE_LABEL_FILE).unlink(missing_ok=True)
     write_json_atomic(case_dir / META_FILE, pp.meta)
 
 
 def _cache_one(
-    spec: CaseSpec, case_dir: Path, normalization: str, margin: int, dtype: str, sources: list[dict[str, Any]]
+    spec: CaseSpec, case_dir: Path, normalization: str, margin: int, dtype: str, sources: list[dict[str, Any]],
+    spacing: Sequence[float] | None = None,
 ) -> tuple[str, str] | None:
     """Load, preprocess and write one case (runs in a worker process). Returns None, or (path, reason)."""
     from agsevnet.data.io import load_case
 
     try:
         case = load_case(spec)
-        pp = preprocess_case(case, normalization=normalization, margin=margin, dtype=dtype)
+        pp = preprocess_case(case, normalization=normalization, margin=margin, dtype=dtype, spacing=spacing)
         del case
         pp.meta["sources"] = sources
         _write_cached(pp, case_dir)
@@ -457,6 +573,7 @@ def update_cache(
     normalization: str = "brain",
     margin: int = DEFAULT_MARGIN,
     dtype: str = "float16",
+    spacing: Sequence[float] | None = None,
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -471,6 +588,7 @@ def update_cache(
     :class:`ConfigError` for bad settings or a cache folder that holds the dataset's own files.
     """
     _check_settings(normalization, margin, dtype)
+    spacing = _check_spacing(spacing)
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
@@ -484,7 +602,7 @@ def update_cache(
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError("the cache folder is a file", cache_dir)
     report = CacheReport(cache_dir=cache_dir)
-    settings = _settings(normalization, margin, dtype)
+    settings = _settings(normalization, margin, dtype, spacing)
 
     todo: list[tuple[CaseSpec, Path, list[dict[str, Any]]]] = []
     seen: set[str] = set()
@@ -521,7 +639,7 @@ def update_cache(
     if todo:
         cache_dir.mkdir(parents=True, exist_ok=True)
         n_workers = min(workers or _default_workers(len(todo)), len(todo))
-        failures = _run(todo, normalization, margin, dtype, n_workers, progress, len(specs))
+        failures = _run(todo, normalization, margin, dtype, n_workers, progress, len(specs), spacing)
     for spec, _, _ in todo:
         failure = failures.get(spec.case_id)
         if failure is None:
@@ -543,6 +661,7 @@ def _run(
     n_workers: int,
     progress: bool,
     total: int,
+    spacing: Sequence[float] | None = None,
 ) -> dict[str, tuple[str, str] | None]:
     """Build the cases of ``todo``, in-process for one worker, else in a process pool; progress over all
     ``total`` cases (those not in ``todo`` are already valid or already failed)."""
@@ -554,14 +673,14 @@ def _run(
     try:
         if n_workers == 1:
             for spec, case_dir, sources in todo:
-                results[spec.case_id] = _cache_one(spec, case_dir, normalization, margin, dtype, sources)
+                results[spec.case_id] = _cache_one(spec, case_dir, normalization, margin, dtype, sources, spacing)
                 bar.update(1)
             return results
         # "spawn", not "fork": workers start clean even when the caller already runs threads (torch, tqdm),
         # where fork can deadlock; the price is Python's usual `if __name__ == "__main__":` guard in scripts.
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
             pending = {
-                pool.submit(_cache_one, spec, case_dir, normalization, margin, dtype, sources): spec
+                pool.submit(_cache_one, spec, case_dir, normalization, margin, dtype, sources, spacing): spec
                 for spec, case_dir, sources in todo
             }
             while pending:
@@ -589,6 +708,7 @@ def build_cache(
     normalization: str = "brain",
     margin: int = DEFAULT_MARGIN,
     dtype: str = "float16",
+    spacing: Sequence[float] | None = None,
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -601,6 +721,7 @@ def build_cache(
         normalization=normalization,
         margin=margin,
         dtype=dtype,
+        spacing=spacing,
         workers=workers,
         overwrite=overwrite,
         progress=progress,
@@ -664,3 +785,17 @@ def background_values(meta: dict[str, Any]) -> list[float]:
         value = (np.float32(0) - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
         out.append(float(np.asarray(value, dtype=np.float32).astype(dtype)))
     return out
+
+
+def load_native_label(cache_dir: str | Path, case_id: str, mmap: bool = True) -> np.ndarray | None:
+    """The cropped labels of a cached case on its input grid (what validation scores against): the
+    ``label_native.npy`` of a resampled case, else its ``label.npy``; None for an unlabelled case."""
+    case_dir = _case_dir(Path(cache_dir), case_id)
+    meta = _read_meta(case_dir)
+    if meta is None or not meta.get("has_label"):
+        return None
+    name = NATIVE_LABEL_FILE if meta.get("spacing") else LABEL_FILE
+    try:
+        return np.load(case_dir / name, mmap_mode="r" if mmap else None)
+    except OSError as exc:
+        raise DataError(f"cannot read the cached labels: {exc.strerror or exc}", case_dir / name) from None

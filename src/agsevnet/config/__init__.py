@@ -11,7 +11,8 @@ Keys are checked against the preset: an unknown key is an error naming it (a typ
 value of the wrong kind (text where a number is expected) is an error naming the key. The ``model`` and ``loss``
 sections are the exceptions: they are passed as they are to :func:`agsevnet.models.build_model` and
 :func:`agsevnet.models.losses.build_loss`, whose keys depend on the chosen network or loss, and those functions
-validate them.
+validate them; a section that names another network or loss than the preset's replaces the preset's section
+instead of being merged into it.
 
 Overrides are ``dotted.key=value`` strings (``train.steps=500``, ``data.patch_size=[96,96,64]``,
 ``optim.lr=3e-4``); the value is parsed as YAML.
@@ -42,7 +43,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.schedule": ("constant", "step", "poly", "cosine"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
-    "validation.strategy": ("auto", "sliding", "whole"),
+    "inference.strategy": ("auto", "sliding", "whole"),
 }
 
 
@@ -124,6 +125,11 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix:
                 continue
             raise ConfigError(f"unknown config key {dotted!r}" + _suggest(key, base, prefix), source)
         old = base[key]
+        if (not prefix and key in OPEN_SECTIONS and isinstance(old, dict) and isinstance(value, Mapping)
+                and "name" in value and value["name"] != old.get("name")):
+            # Another network or loss: the preset's options were for the one it replaces.
+            base[key] = copy.deepcopy(dict(value))
+            continue
         if isinstance(old, dict) and isinstance(value, Mapping):
             _merge(old, value, source, f"{dotted}.")
         elif open_section or _compatible(old, value) or value in _ALSO_ALLOWED.get(dotted, ()):
@@ -230,6 +236,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"validation.fold must be 'all' or an integer in 0..{folds - 1}, got {fold!r}")
     if get(cfg, "validation.every") < 0:
         raise ConfigError("validation.every must be >= 0 (0: validate only at the end)")
+    spacing = get(cfg, "preprocess.spacing")
+    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3
+                                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
+        raise ConfigError(f"preprocess.spacing must be null or three positive numbers (mm), got {spacing!r}")
+    if not 0.0 <= get(cfg, "inference.overlap") < 1.0:
+        raise ConfigError(f"inference.overlap must be in [0, 1), got {get(cfg, 'inference.overlap')!r}")
+    if not 0.0 <= get(cfg, "inference.min_component_fraction") <= 1.0:
+        raise ConfigError("inference.min_component_fraction must be between 0 and 1, got "
+                          f"{get(cfg, 'inference.min_component_fraction')!r}")
     if not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise ConfigError("model must be a mapping with a 'name'")
     if not isinstance(cfg.get("loss"), dict) or "name" not in cfg["loss"]:

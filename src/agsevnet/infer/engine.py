@@ -203,9 +203,12 @@ def predict_probabilities(
     divisor: int | None = None,
     memory_budget: int | None = None,
     channels_last: bool = False,
+    activation: str = "softmax",
     pad_value: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
-    """Softmax probabilities ``(num_classes, x, y, z)`` float32 (CPU) of ``model`` on one image ``(C, x, y, z)``.
+    """Softmax probabilities ``(num_classes, x, y, z)`` float32 (CPU) of ``model`` on one image ``(C, x, y, z)``
+    (``activation="sigmoid"``: independent per-channel probabilities, for region-based models whose channels are
+    the nested regions WT, TC, ET).
 
     ``amp`` is the precision: ``None``/``"auto"`` (see :func:`resolve_precision`), ``"fp32"``, ``"bf16"`` or
     ``"fp16"`` (autocast). ``strategy``, ``tta``: see the module docstring; ``roi_size``, ``overlap``,
@@ -220,6 +223,10 @@ def predict_probabilities(
 
     device = torch.device(device)
     precision = resolve_precision(amp, device)
+    if not isinstance(image, torch.Tensor) and not getattr(image, "flags", None) is None and not image.flags.writeable:
+        import numpy as np
+
+        image = np.array(image)  # a read-only memory map: torch would warn about (not) writing into it
     x = torch.as_tensor(image)
     if x.ndim != 4:
         raise ValueError(f"expected one image (C, x, y, z), got shape {tuple(x.shape)}")
@@ -229,10 +236,13 @@ def predict_probabilities(
     flips = tta_flips(tta)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
 
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+
     def network(batch: torch.Tensor) -> torch.Tensor:
         with _autocast(device, precision):
             logits = model(batch.contiguous(memory_format=memory_format))
-        return torch.softmax(logits.float(), dim=1)
+        return torch.sigmoid(logits.float()) if activation == "sigmoid" else torch.softmax(logits.float(), dim=1)
 
     if chosen == "whole":
         target = padded_shape(spatial, model_divisor(model, divisor))

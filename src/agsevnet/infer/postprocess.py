@@ -1,4 +1,4 @@
-"""Postprocessing of predicted internal label maps."""
+"""Postprocessing of predicted internal label maps, and the decoding of region-based outputs into labels."""
 
 from __future__ import annotations
 
@@ -20,4 +20,59 @@ def relabel_small_enhancing(labels: np.ndarray, threshold: int) -> np.ndarray:
         return labels
     out = labels.copy()
     out[enhancing] = NECROTIC
+    return out
+
+
+def regions_to_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Internal labels from region probabilities ``(3, X, Y, Z)`` in WT, TC, ET order (a region-based model's
+    sigmoid outputs): edema where WT > threshold, NCR/NET where also TC > threshold, enhancing where also
+    ET > threshold. The regions are nested by construction (TC only inside WT, ET only inside TC), as BraTS
+    defines them and as nnU-Net's region-based BraTS models decode them."""
+    p = np.asarray(probabilities)
+    if p.ndim != 4 or p.shape[0] != 3:
+        raise ValueError(f"region probabilities must be (3, X, Y, Z), got {p.shape}")
+    wt = p[0] > threshold
+    tc = wt & (p[1] > threshold)
+    et = tc & (p[2] > threshold)
+    out = np.zeros(p.shape[1:], dtype=np.uint8)
+    out[wt] = 2
+    out[tc] = NECROTIC
+    out[et] = ENHANCING
+    return out
+
+
+def regions_to_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(4, ...)`` (background, NCR/NET, edema, enhancing) from region probabilities
+    ``(3, ...)`` (WT, TC, ET), with the regions made nested first (TC <= WT, ET <= TC): background 1 - WT, edema
+    WT - TC, NCR/NET TC - ET, enhancing ET. They sum to 1; used where a file of class probabilities is asked for
+    (``--save-probabilities``). Labels are decided by :func:`regions_to_labels`, not by the argmax of these."""
+    p = np.asarray(probabilities, dtype=np.float32)
+    wt = p[0]
+    tc = np.minimum(p[1], wt)
+    et = np.minimum(p[2], tc)
+    return np.stack([1.0 - wt, tc - et, wt - tc, et])
+
+
+def keep_main_components(labels: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Internal labels with every tumour component (connected, 26-neighbourhood, over all tumour labels)
+    smaller than ``min_fraction`` of the largest one set to background. Scattered false positives far from the
+    tumour cost little Dice but dominate HD95; a glioma is almost always one lesion, or a few of comparable size.
+    ``min_fraction <= 0`` turns it off. Returns ``labels`` itself when nothing changes, else a copy."""
+    if min_fraction <= 0:
+        return labels
+    from scipy import ndimage
+
+    tumour = labels > 0
+    if not tumour.any():
+        return labels
+    components, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return labels
+    sizes = np.bincount(components.ravel())[1:]
+    keep = sizes >= min_fraction * sizes.max()
+    if keep.all():
+        return labels
+    lut = np.concatenate([[False], keep])
+    out = labels.copy()
+    out[~lut[components] & tumour] = 0
     return out

@@ -1,9 +1,16 @@
 """Prediction: whole cases (files or arrays) to label maps on exactly the input grid.
 
 Per case: read -> the checkpoint's own preprocessing (:func:`agsevnet.preprocess.preprocess_case` with the
-checkpoint's ``"preprocess"`` entry, which crops to the brain) -> :func:`~agsevnet.infer.engine.predict_probabilities`
--> argmax -> optional postprocessing (:func:`~agsevnet.infer.postprocess.relabel_small_enhancing`) ->
-:func:`~agsevnet.preprocess.uncrop` onto the input grid -> labels in the user's convention.
+checkpoint's ``"preprocess"`` entry, which crops to the brain and may resample to a coarser grid) ->
+:func:`~agsevnet.infer.engine.predict_probabilities` -> probabilities resampled back onto the native crop
+(trilinear) -> labels (argmax of the classes, or thresholds of the nested regions of a region-based model) ->
+postprocessing (:func:`~agsevnet.infer.postprocess.keep_main_components`,
+:func:`~agsevnet.infer.postprocess.relabel_small_enhancing`) -> :func:`~agsevnet.preprocess.uncrop` onto the
+input grid -> labels in the user's convention.
+
+The inference settings (strategy, overlap, TTA, postprocessing) default to the checkpoint's ``"inference"``
+entry: the settings its validation used when training chose it (see :mod:`agsevnet.train.trainer`). Training's
+validation calls :meth:`Predictor.labels_on_crop`, the same path.
 
 - :func:`segment` works on arrays in memory (notebooks).
 - :func:`predict` is the batch runner behind ``agsevnet predict``: one NIfTI per case, ``OUT_DIR/<case>.nii.gz``
@@ -30,7 +37,12 @@ from agsevnet import MODALITIES
 from agsevnet.data.case import Case, CaseSpec, Geometry
 from agsevnet.data.labels import CONVENTIONS, INTERNAL_LABELS, from_internal
 from agsevnet.errors import AgsevnetError, ConfigError, DataError
-from agsevnet.infer.postprocess import relabel_small_enhancing
+from agsevnet.infer.postprocess import (
+    keep_main_components,
+    regions_to_classes,
+    regions_to_labels,
+    relabel_small_enhancing,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +91,8 @@ class Predictor:
         sw_batch_size: int = 1,
         channels_last: bool = True,
         memory_budget: int | None = None,
+        output: str = "classes",
+        min_component_fraction: float = 0.0,
     ):
         import torch
 
@@ -93,6 +107,12 @@ class Predictor:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
         if et_threshold < 0:
             raise ConfigError(f"the enhancing-tumour threshold must be >= 0 voxels, got {et_threshold}")
+        if output not in ("classes", "regions"):
+            raise ConfigError(f"model output must be 'classes' or 'regions', got {output!r}")
+        if not 0 <= min_component_fraction <= 1:
+            raise ConfigError(f"the component fraction must be in [0, 1], got {min_component_fraction}")
+        self.output = output
+        self.min_component_fraction = float(min_component_fraction)
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.tta = tta_flips(tta)  # validates early
@@ -125,6 +145,9 @@ class Predictor:
             path = Path(checkpoint)
             checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path)
+        options = {k: v for k, v in options.items() if v is not None}
+        for key, value in inference_settings(checkpoint).items():
+            options.setdefault(key, value)
         options.setdefault("preprocess", checkpoint["preprocess"])
         options.setdefault("channels", checkpoint["channels"])
         options.setdefault("divisor", required_divisor(dict(checkpoint["model"])))
@@ -132,16 +155,20 @@ class Predictor:
             options["roi_size"] = checkpoint["patch_size"]
         return cls(model, **options)
 
-    def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """Probabilities (C, x, y, z) of one preprocessed image in :data:`agsevnet.MODALITIES` order."""
+    def probabilities(self, image: np.ndarray, pad_value: float | Sequence[float] = 0.0) -> torch.Tensor:
+        """Probabilities (C, x, y, z) of one preprocessed image in :data:`agsevnet.MODALITIES` order; ``pad_value``:
+        the image's background per channel in that order (what a whole pass pads with)."""
         from agsevnet.infer.engine import predict_probabilities
 
         if self.channel_index != list(range(len(MODALITIES))):
             image = image[self.channel_index]
+            if isinstance(pad_value, Sequence):
+                pad_value = [pad_value[i] for i in self.channel_index]
         return predict_probabilities(
             self.model, image, roi_size=self.roi_size, overlap=self.overlap, strategy=self.strategy,
             tta=self.tta, device=self.device, amp=self.precision, sw_batch_size=self.sw_batch_size,
             divisor=self.divisor, memory_budget=self.memory_budget, channels_last=self.channels_last,
+            activation="sigmoid" if self.output == "regions" else "softmax", pad_value=pad_value,
         )
 
     def strategy_for(self, shape: Sequence[int]) -> str:
@@ -157,26 +184,60 @@ class Predictor:
 
         return preprocess_case(case, **self.preprocess)
 
-    def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False) -> Prediction:
-        """Internal labels (and optionally probabilities) of a preprocessed case, on its original grid."""
+    def labels_on_crop(self, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
+        network probabilities (resampled back from a coarse grid when the preprocessing resampled), decoded into
+        internal labels and postprocessed. Prediction and training's validation both go through here."""
         import torch
 
+        from agsevnet.preprocess import background_values, resample_to_shape
+
+        prob = resample_to_shape(self.probabilities(pre.image, background_values(pre.meta)), pre.crop_shape)
+        if self.output == "regions":
+            regions = prob.numpy()
+            labels = regions_to_labels(regions)
+            classes = regions_to_classes(regions)
+        else:
+            labels = torch.argmax(prob, dim=0).to(torch.uint8).numpy()
+            classes = prob.numpy()
+        del prob
+        labels = keep_main_components(labels, self.min_component_fraction)
+        labels = relabel_small_enhancing(labels, self.et_threshold)
+        return labels, classes
+
+    def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False) -> Prediction:
+        """Internal labels (and optionally probabilities) of a preprocessed case, on its original grid."""
         from agsevnet.preprocess import uncrop
 
         box, shape = pre.box, pre.original_shape
         strategy = self.strategy_for(pre.image.shape[1:])
-        prob = self.probabilities(pre.image)
-        cropped = relabel_small_enhancing(torch.argmax(prob, dim=0).to(torch.uint8).numpy(), self.et_threshold)
+        cropped, prob = self.labels_on_crop(pre)
         labels = uncrop(cropped, box, shape, fill=0)
         full = None
         if with_probabilities:
             # Outside the crop the model saw nothing: certain background.
-            full = np.stack([uncrop(p, box, shape, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob.numpy())])
+            full = np.stack([uncrop(p, box, shape, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
         return Prediction(labels=labels, probabilities=full, strategy=strategy)
 
     def predict_case(self, case: Case, *, with_probabilities: bool = False) -> Prediction:
         """Internal labels (and optionally probabilities) of a loaded case on its input grid."""
         return self.predict_preprocessed(self.preprocess_case(case), with_probabilities=with_probabilities)
+
+
+INFERENCE_KEYS: tuple[str, ...] = ("strategy", "overlap", "tta", "min_component_fraction", "et_threshold")
+"""The ``inference`` config keys a checkpoint records and :class:`Predictor` takes."""
+
+
+def inference_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The Predictor options a checkpoint was validated with: its ``"inference"`` entry (strategy, overlap, TTA,
+    postprocessing) and its output kind (``"classes"`` or ``"regions"``). Checkpoints written before the entry
+    existed were validated with the sliding window: that is what they get."""
+    saved = dict(checkpoint.get("inference") or {})
+    out: dict[str, Any] = {k: saved[k] for k in INFERENCE_KEYS if saved.get(k) is not None}
+    if "inference" not in checkpoint:
+        out.setdefault("strategy", "sliding")
+    out["output"] = checkpoint.get("output", "classes")
+    return out
 
 
 def _as_predictor(checkpoint_or_model: Any, options: dict[str, Any]) -> Predictor:
@@ -193,7 +254,7 @@ def _as_predictor(checkpoint_or_model: Any, options: dict[str, Any]) -> Predicto
 
 def segment(
     images: np.ndarray,
-    checkpoint_or_model: str | Path | Mapping[str, Any] | nn.Module | Predictor,
+    checkpoint_or_model: str | Path | Mapping[str, Any] | nn.Module | Predictor | None = None,
     *,
     convention: str | None = None,
     return_probabilities: bool = False,
@@ -202,8 +263,8 @@ def segment(
     """Segment raw images in memory.
 
     ``images``: float array (4, X, Y, Z) in FLAIR, T1, T1ce, T2 order, raw intensities (not normalised).
-    ``checkpoint_or_model``: a checkpoint path or dict, a :class:`Predictor`, or an ``nn.Module`` (put in eval
-    mode on ``device``; pass ``preprocess=`` to match its training, the default is ``preprocess_case``'s).
+    ``checkpoint_or_model``: None (the bundled model, :data:`agsevnet.infer.bundled.DEFAULT_MODEL`), a bundled
+    model's name, a checkpoint path or dict, a :class:`Predictor`, or an ``nn.Module`` (put in eval mode on ``device``; pass ``preprocess=`` to match its training, the default is ``preprocess_case``'s).
     ``options``: the :class:`Predictor` settings (``strategy``, ``tta``, ``device``, ``precision``,
     ``et_threshold``, ...).
 
@@ -216,6 +277,10 @@ def segment(
         raise ValueError(f"images must be (4, X, Y, Z) in {'/'.join(MODALITIES)} order, got shape {images.shape}")
     if convention is not None and convention not in CONVENTIONS:
         raise ValueError(f"unknown label convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    if checkpoint_or_model is None or isinstance(checkpoint_or_model, str):
+        from agsevnet.infer.bundled import resolve_model
+
+        checkpoint_or_model = resolve_model(checkpoint_or_model)
     predictor = _as_predictor(checkpoint_or_model, options)
     eye = np.eye(4)  # the grid is not used: the labels come back on the array's own voxels
     geometry = Geometry(shape=tuple(images.shape[1:]), affine=eye, qform=eye, qform_code=0, sform=eye,
@@ -240,6 +305,7 @@ class CaseResult:
     message: str = ""
     seconds: float = 0.0
     strategy: str = ""
+    labels: str = ""  # the label convention written (written cases)
 
 
 @dataclass
@@ -256,14 +322,25 @@ class PredictSummary:
         return not self.by_status("failed")
 
     def format(self) -> str:
-        """A human-readable summary: counts, mean time per written case, and every failure."""
+        """A human-readable summary: counts, mean time per written case, the label convention of every written
+        case, and every failure."""
         written, skipped, failed = (self.by_status(s) for s in ("written", "skipped", "failed"))
         line = f"{len(written)} written, {len(skipped)} skipped, {len(failed)} failed"
         if skipped:
             line += " (skipped: outputs exist; --overwrite redoes them)"
         if written:
             line += f"; {sum(r.seconds for r in written) / len(written):.1f} s per written case"
+        from agsevnet.data.labels import describe
+
         lines = [line]
+        by_labels: dict[str, list[str]] = {}
+        for r in written:
+            by_labels.setdefault(r.labels, []).append(r.case_id)
+        for convention, ids in by_labels.items():  # the label convention of every written case
+            what = describe(convention) if convention in CONVENTIONS else convention or "unknown"
+            shown = (f"all {len(ids)} written case(s)" if len(by_labels) == 1 else
+                     ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
+            lines.append(f"  labels {what}: {shown}")
         lines += [f"  failed: {r.case_id}: {r.message}" for r in failed]
         return "\n".join(lines)
 
@@ -274,9 +351,10 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
 
 
 def find_cases(inputs: str | Path | None, files: Mapping[str, str | Path | None] | None = None,
-               case_id: str | None = None) -> list[CaseSpec]:
+               case_id: str | None = None, labels: str | None = None) -> list[CaseSpec]:
     """The cases to segment: a case or dataset folder (any layout :func:`agsevnet.data.layouts.discover`
-    reads), or four explicit files ``files={"flair": ..., "t1": ..., "t1ce": ..., "t2": ...}``."""
+    reads), or four explicit files ``files={"flair": ..., "t1": ..., "t1ce": ..., "t2": ...}`` (their label
+    convention ``labels``, needed where their names do not tell: :func:`~agsevnet.data.layouts.case_from_files`)."""
     from agsevnet.data.layouts import case_from_files, discover
 
     given = {k: v for k, v in (files or {}).items() if v is not None}
@@ -286,7 +364,8 @@ def find_cases(inputs: str | Path | None, files: Mapping[str, str | Path | None]
         missing = [m for m in MODALITIES if m not in given]
         if missing:
             raise ConfigError(f"explicit input needs all four files; missing {', '.join('--' + m for m in missing)}")
-        return [case_from_files(given["flair"], given["t1"], given["t1ce"], given["t2"], case_id=case_id)]
+        return [case_from_files(given["flair"], given["t1"], given["t1ce"], given["t2"], case_id=case_id,
+                                label_convention=labels)]
     if inputs is None:
         raise ConfigError("give an INPUT folder or the four files --flair --t1 --t1ce --t2")
     path = Path(inputs)
@@ -314,6 +393,7 @@ def predict(
     save_probabilities: bool = False,
     progress: bool = True,
     raise_errors: bool = False,
+    cases: Sequence[CaseSpec] | None = None,
     **options: Any,
 ) -> PredictSummary:
     """Segment every case of ``inputs`` (see :func:`find_cases`) into ``out_dir``.
@@ -334,7 +414,7 @@ def predict(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("output folder is a file", out_dir)
     predictor = _as_predictor(checkpoint, options)
-    specs = find_cases(inputs, files, case_id)
+    specs = list(cases) if cases is not None else find_cases(inputs, files, case_id, labels)
 
     summary = PredictSummary()
     todo: list[CaseSpec] = []
@@ -369,7 +449,8 @@ def predict(
                     save_nifti(prob_path, np.moveaxis(result.probabilities, 0, -1), geometry, np.float32)
                 save_labels(seg_path, from_internal(result.labels, labels or spec.label_convention), geometry)
                 summary.results.append(CaseResult(spec.case_id, "written", seg_path,
-                                                  seconds=time.perf_counter() - start, strategy=result.strategy))
+                                                  seconds=time.perf_counter() - start, strategy=result.strategy,
+                                                  labels=labels or spec.label_convention))
                 del result
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch; reported below
                 if raise_errors:

@@ -41,7 +41,19 @@ from torch import nn
 
 from agsevnet.errors import ConfigError
 
-LOSS_NAMES = ("categorical_dice",)
+LOSS_NAMES = ("categorical_dice", "region_dice")
+
+REGION_CHANNELS: tuple[str, ...] = ("WT", "TC", "ET")
+"""Output channels of a region-based model (``region_dice``): nested whole tumour, tumour core, enhancing."""
+
+
+def region_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Internal labels (N, X, Y, Z) -> float region maps (N, 3, X, Y, Z): WT = 1|2|3, TC = 1|3, ET = 3."""
+    labels = labels.long()
+    wt = labels > 0
+    et = labels == 3
+    tc = (labels == 1) | et
+    return torch.stack([wt, tc, et], dim=1).float()
 
 
 def _one_hot_target(target: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -129,6 +141,53 @@ class CategoricalDiceLoss(nn.Module):
         )
 
 
+class RegionDiceLoss(nn.Module):
+    """Region-based loss of the BraTS-winning nnU-Net variants (Isensee et al. 2020): three sigmoid outputs for the
+    nested regions WT, TC, ET (:data:`REGION_CHANNELS`), soft Dice per region (MONAI's ``DiceLoss(sigmoid=True)``)
+    plus ``bce_weight`` x binary cross-entropy. The network optimises the evaluated regions directly instead of the
+    four disjoint classes, so a necrosis/enhancing confusion inside the core no longer costs TC.
+
+    ``batch=True`` pools the Dice sums over the batch (nnU-Net's batch Dice): a patch without enhancing tumour then
+    does not turn a few false-positive voxels into a Dice of 0. Targets: internal label maps (N, X, Y, Z) or
+    (N, 1, X, Y, Z), values 0..3. Range: [-1, inf) (``-Dice + BCE``).
+    """
+
+    def __init__(self, smooth: float = 1e-5, bce_weight: float = 1.0, batch: bool = True,
+                 weights: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+        super().__init__()
+        weights = [float(w) for w in weights]
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"region weights must be three values >= 0 with a positive sum, got {weights}")
+        if smooth < 0 or bce_weight < 0:
+            raise ValueError(f"smooth and bce_weight must be >= 0, got smooth={smooth}, bce_weight={bce_weight}")
+        self.smooth, self.bce_weight, self.batch, self.weights = float(smooth), float(bce_weight), bool(batch), tuple(weights)
+        from monai.losses import DiceLoss
+
+        self._dice = DiceLoss(include_background=True, sigmoid=True, smooth_nr=self.smooth, smooth_dr=self.smooth,
+                              batch=self.batch, weight=weights, reduction="mean")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != 3:
+            raise ValueError(f"region_dice needs a model with 3 outputs (WT, TC, ET), got {logits.shape[1]}")
+        logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            labels = target[:, 0] if target.dim() == logits.dim() else target
+            regions = region_targets(labels).to(logits.dtype)
+            loss = self._dice(logits, regions) * (3 / sum(self.weights)) - 1
+            if self.bce_weight > 0:
+                loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(logits, regions)
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"smooth={self.smooth}, bce_weight={self.bce_weight}, batch={self.batch}, weights={list(self.weights)}"
+
+
+def loss_output(cfg: Mapping[str, Any] | None) -> str:
+    """What a model trained with this loss outputs: ``"regions"`` (3 sigmoid channels WT/TC/ET) or ``"classes"``
+    (softmax over background, NCR/NET, edema, enhancing)."""
+    return "regions" if (cfg or {}).get("name") == "region_dice" else "classes"
+
+
 def build_loss(cfg: Mapping[str, Any] | None = None) -> nn.Module:
     """The loss described by ``cfg = {"name": "categorical_dice", "weights": [...], "smooth": ...,
     "squared": ..., "ce_weight": ...}`` (every key optional; ``None`` gives the paper's loss)."""
@@ -136,6 +195,15 @@ def build_loss(cfg: Mapping[str, Any] | None = None) -> nn.Module:
     name = cfg.pop("name", "categorical_dice")
     if name not in LOSS_NAMES:
         raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+    if name == "region_dice":
+        allowed = {"weights", "smooth", "bce_weight", "batch"}
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ConfigError(f"loss {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+        try:
+            return RegionDiceLoss(**cfg)
+        except ValueError as exc:
+            raise ConfigError(f"invalid loss configuration: {exc}") from exc
     allowed = {"weights", "smooth", "squared", "ce_weight"}
     unknown = sorted(set(cfg) - allowed)
     if unknown:

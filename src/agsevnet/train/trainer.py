@@ -251,6 +251,27 @@ class RunLog:
         self.tb.close()
 
 
+def unique_patients(cache_dir: Path, ids: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``(ids with one case per scan, {kept id: [dropped copies]})``: cached cases whose cropped, normalised images
+    are byte-identical (``meta["image_sha1"]``: the BraTS 2021 and 2023 releases of one patient) are one patient;
+    the first id in sorted order is kept. Counting a patient twice would weight it double in training and, in
+    cross-validation, could put one copy in training and the other in validation."""
+    from agsevnet.preprocess import load_cached
+
+    first: dict[str, str] = {}
+    copies: dict[str, list[str]] = {}
+    kept: list[str] = []
+    for case_id in sorted(ids):
+        digest = load_cached(cache_dir, case_id).meta.get("image_sha1") or case_id
+        if digest in first:
+            copies.setdefault(first[digest], []).append(case_id)
+        else:
+            first[digest] = case_id
+            kept.append(case_id)
+    order = {c: i for i, c in enumerate(ids)}
+    return sorted(kept, key=order.__getitem__), copies
+
+
 # --------------------------------------------------------------------------------------------- training
 class Trainer:
     """One training run (see the module docstring); build it with :func:`train`."""
@@ -284,7 +305,9 @@ class Trainer:
                 print(message, file=sys.stderr, flush=True)
 
     def _prepare(self, resume: bool, overwrite: bool) -> list[str]:
-        """Rank 0: clean or create the run folder, write the config, build the cache; returns the case ids."""
+        """Rank 0: clean or create the run folder, write the config, build the cache of the labelled cases
+        (:func:`~agsevnet.data.layouts.labelled_cases`: MSD's imagesTs/ has none); returns the case ids."""
+        from agsevnet.data.layouts import discover, labelled_cases
         from agsevnet.preprocess import build_cache
 
         if overwrite:
@@ -292,8 +315,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_dir / "config.yaml", dump_config(self.cfg))
         pre = self.cfg["preprocess"]
-        return build_cache(self.data_dir, self.cache_dir, normalization=pre["normalization"], margin=pre["margin"],
-                           dtype=pre["dtype"], progress=self.progress)
+        specs, note = labelled_cases(discover(self.data_dir))
+        if note:
+            self.say(note)
+        return build_cache(specs, self.cache_dir, normalization=pre["normalization"], margin=pre["margin"],
+                           dtype=pre["dtype"], spacing=pre["spacing"], progress=self.progress)
 
     def _split(self, ids: list[str]) -> None:
         from agsevnet.preprocess import load_cached
@@ -302,6 +328,9 @@ class Trainer:
         fold, folds = val_cfg["fold"], val_cfg["folds"]
         if not ids:
             raise DataError("no cases to train on", self.data_dir)
+        ids, copies = unique_patients(self.cache_dir, ids)
+        for kept, dropped in copies.items():
+            self.say(f"note: {', '.join(dropped)} hold(s) the same images as {kept}: counted once, as {kept}")
         if fold != "all" and len(ids) < folds:
             self.say(f"note: {len(ids)} cases are fewer than {folds} folds: training on all of them (fold 'all')")
             fold = "all"
@@ -320,7 +349,7 @@ class Trainer:
         self.say(f"fold {fold}: {len(self.train_ids)} training case(s), {len(self.val_ids)} validation case(s){limited}")
         meta = load_cached(self.cache_dir, self.train_ids[0]).meta
         self.preprocess = {"normalization": meta["normalization"]["mode"], "margin": int(meta["margin"]),
-                           "dtype": str(meta["dtype"])}
+                           "dtype": str(meta["dtype"]), "spacing": meta.get("spacing")}
         self.cases = cached_cases(str(self.cache_dir), self.train_ids, progress=self.progress)
         if not any(c.locations for c in self.cases):
             raise DataError("no training case has any tumour label", self.cache_dir)
@@ -427,8 +456,11 @@ class Trainer:
     def _checkpoint(self, step: int, **extra: Any) -> dict:
         from agsevnet.checkpoint import make_checkpoint
 
+        from agsevnet.models.losses import loss_output
+
         return make_checkpoint(self.model, dict(self.cfg["model"]), self.cfg, step, preprocess=self.preprocess,
-                               patch_size=self.patch, metrics=dict(self.last_val or {}), **extra)
+                               patch_size=self.patch, metrics=dict(self.last_val or {}),
+                               inference=dict(self.cfg["inference"]), output=loss_output(self.cfg["loss"]), **extra)
 
     def save_last(self, step: int, elapsed: float) -> None:
         """Every rank: gather the RNG states; rank 0 writes ``last.pt`` atomically; then a barrier."""
@@ -446,30 +478,52 @@ class Trainer:
             save_checkpoint(self.run_dir / "last.pt", ckpt)
         distributed.barrier(self.info)
 
+    def predictor(self) -> Any:
+        """A :class:`~agsevnet.infer.predictor.Predictor` around the model being trained, with exactly the settings
+        its checkpoint will carry (``inference`` section, output kind, preprocessing, patch size as the window):
+        validation scores what ``agsevnet predict`` will produce with ``best.pt``."""
+        from agsevnet.infer.predictor import Predictor, inference_settings
+        from agsevnet.models import required_divisor
+
+        settings = inference_settings(self._checkpoint_header())
+        return Predictor(
+            _unwrap(self.model), preprocess=self.preprocess, divisor=required_divisor(dict(self.cfg["model"])),
+            roi_size=self.patch, device=self.device,
+            precision={"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(self.amp, "fp32"),
+            # channels-last inputs: fine on CUDA, but 12x slower through the sliding window on the CPU
+            # (measured: 228 s vs 18 s for a real case); the channels-last weights are fine either way.
+            channels_last=self.channels_last and self.device.type == "cuda",
+            **settings,
+        )
+
+    def _checkpoint_header(self) -> dict[str, Any]:
+        from agsevnet.models.losses import loss_output
+
+        return {"inference": dict(self.cfg["inference"]), "output": loss_output(self.cfg["loss"])}
+
     def validate(self, step: int) -> dict[str, float] | None:
-        """Rank 0: mean Dice of ET, WT, TC over the validation cases; saves ``best.pt`` on a new best. Barrier."""
+        """Rank 0: mean Dice of ET, WT, TC over the validation cases, predicted exactly as ``agsevnet predict``
+        will (:meth:`predictor`) and scored on the input grid; saves ``best.pt`` on a new best. Barrier."""
         result = None
         if self.info.is_main and self.val_ids:
             from agsevnet.checkpoint import save_checkpoint
             from agsevnet.evaluate.metrics import dice_scores
-            from agsevnet.infer.engine import predict_probabilities
-            from agsevnet.preprocess import load_cached
+            from agsevnet.preprocess import load_cached, load_native_label
 
-            net = _unwrap(self.model)
+            predictor = self.predictor()
+            was_training = self.model.training
             scores = {r: [] for r in REGIONS}
-            for case_id in self.val_ids:
-                pre = load_cached(self.cache_dir, case_id, mmap=True)
-                prob = predict_probabilities(
-                    net, np.asarray(pre.image, dtype=np.float32), roi_size=self.patch,
-                    overlap=float(self.cfg["validation"]["overlap"]), strategy=self.cfg["validation"]["strategy"],
-                    device=self.device, amp=self.amp,
-                    # channels-last inputs: fine on CUDA, but 12x slower through the sliding window on the CPU
-                    # (measured: 228 s vs 18 s for a real case); the channels-last weights are fine either way.
-                    channels_last=self.channels_last and self.device.type == "cuda",
-                )
-                pred = prob.argmax(0).numpy().astype(np.uint8)
-                for region, value in dice_scores(pred, np.asarray(pre.label)).items():
-                    scores[region].append(value)
+            try:
+                for case_id in self.val_ids:
+                    pre = load_cached(self.cache_dir, case_id, mmap=True)
+                    pred, _ = predictor.labels_on_crop(pre)
+                    truth = np.asarray(load_native_label(self.cache_dir, case_id))
+                    for region, value in dice_scores(pred, truth).items():
+                        scores[region].append(value)
+            finally:
+                self.model.train(was_training)
+                if self.channels_last:  # the Predictor may have converted the weights' memory format
+                    self.model.to(memory_format=torch.channels_last_3d)
             result = {r: float(np.mean(v)) for r, v in scores.items()}
             result["mean"] = float(np.mean([result[r] for r in REGIONS]))
             self.last_val = {f"val_dice_{k}": v for k, v in result.items()}
