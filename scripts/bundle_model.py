@@ -1,0 +1,74 @@
+"""Turn a trained run into the bundled model shipped in ``src/agsevnet/weights/<name>.pt``.
+
+    python scripts/bundle_model.py RUN/last.pt --crossval CV/crossval.json --name brats-cpu \
+        --training "..." [--check-case ../shared/data/brats-real/BraTS2021_00002]
+
+Drops the training state, stores the weights in float16 (checked: the labels predicted on ``--check-case`` with
+the float16 weights are compared voxel by voxel with the float32 weights' and the difference printed; pass
+``--full`` to keep float32), and records the model card (cross-validated figures from ``crossval.json``, the
+training description, and each ``--reference`` case's Dice for the regression test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--crossval", type=Path, required=True, help="crossval.json of the recipe")
+    parser.add_argument("--name", default="brats-cpu")
+    parser.add_argument("--training", required=True, help="how, on what and how long it was trained")
+    parser.add_argument("--summary", default="", help="one line for `agsevnet models`")
+    parser.add_argument("--reference", type=Path, action="append", default=[],
+                        help="a labelled case whose Dice the card records (regression test); repeatable")
+    parser.add_argument("--full", action="store_true", help="keep float32 weights")
+    args = parser.parse_args()
+
+
+    from agsevnet.checkpoint import load_checkpoint, save_checkpoint
+    from agsevnet.data.io import load_case
+    from agsevnet.data.layouts import discover
+    from agsevnet.evaluate.metrics import dice_scores
+    from agsevnet.infer.bundled import bundle_checkpoint
+    from agsevnet.infer.predictor import Predictor
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cv = json.loads(args.crossval.read_text())
+    patients = len(cv["rows"])
+    card = {
+        "summary": args.summary,
+        "training": args.training,
+        "recipe": ckpt["config"].get("preset"),
+        "config": ckpt["config"],
+        "crossval": {**cv["mean"], "patients": patients, "folds": len(cv["folds"]), "hd95_rule": cv.get("hd95_rule"),
+                     "std": cv["std"]},
+        "intended_use": "research on BraTS-style multi-modal glioma MRI; not for clinical use",
+        "references": {},
+    }
+    fp32 = Predictor.from_checkpoint(ckpt)
+    bundled = bundle_checkpoint(ckpt, card, half=not args.full)
+    half = Predictor.from_checkpoint(bundled)
+    for case_dir in args.reference:
+        case = load_case(discover(case_dir)[0])
+        a = fp32.predict_case(case).labels
+        b = half.predict_case(case).labels
+        differ = int((a != b).sum())
+        dice = dice_scores(b, case.label)
+        print(f"{case_dir.name}: float16 vs float32 weights differ on {differ} voxels "
+              f"({differ / max(1, int((a > 0).sum())):.2e} of the tumour); Dice "
+              + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()))
+        bundled["card"]["references"][case.case_id] = {k: float(v) for k, v in dice.items()}
+    out = REPO / "src" / "agsevnet" / "weights" / f"{args.name}.pt"
+    save_checkpoint(out, bundled)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
