@@ -31,7 +31,7 @@ import yaml
 
 from agsevnet.errors import ConfigError
 
-PRESETS: tuple[str, ...] = ("paper", "default", "cpu-small")
+PRESETS: tuple[str, ...] = ("paper", "default", "cpu-small", "brats-cpu")
 """The configurations shipped with the package."""
 
 OPEN_SECTIONS: tuple[str, ...] = ("model", "loss")
