@@ -71,6 +71,8 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
     if bad:
         raise ConfigError(f"folds {bad} are outside 0..{n_folds - 1}")
     specs = {s.case_id: s for s in discover(data_dir)}
+    inference = {k: cfg["inference"][k] for k in ("strategy", "overlap", "tta", "min_component_fraction",
+                                                   "et_threshold")}
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     rows: list[dict[str, Any]] = []
@@ -97,8 +99,10 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
         if missing:
             raise DataError(f"held-out case(s) {missing} of fold {k} are not in the dataset any more", data_dir)
         preds = run / "preds"
+        # The study's inference settings (normally those the fold's checkpoint carries; a study may re-evaluate
+        # finished folds under other postprocessing with --set inference.<key>=..., and says so in its record).
         result = predict(None, run / "best.pt", preds, cases=[specs[c] for c in val_ids], progress=progress,
-                         device=device or "cpu")
+                         device=device or "cpu", overwrite=True, **inference)
         if not result.ok:
             raise DataError(f"fold {k}: prediction failed: {result.format()}", preds)
         fold_rows = []
@@ -118,6 +122,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
         say(format_fold(k, per_fold[str(k)]))
     record = {
         "format": "agsevnet-crossval", "data": str(data_dir), "config": cfg, "folds": per_fold, "hd95_rule": hd95,
+        "inference": inference,
         "rows": rows, "mean": _means(rows) if rows else {},
         "std": {key: float(np.std([r[key] for r in rows])) for key in (_means(rows) if rows else {})},
         "train_seconds_total": float(sum(f["train_seconds"] or 0 for f in per_fold.values())),
