@@ -37,7 +37,8 @@ def predict_command(
     model: str | None = typer.Option(None, "--model", "-m", help="A bundled model's name (see 'agsevnet models') or "
                                      "a checkpoint (.pt) written by 'agsevnet train' (default: the bundled model).",
                                      show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <case>.nii.gz per case."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder: <case>.nii.gz and <case>.json "
+                                    "(settings, seconds, confidence) per case.", show_default=False),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 flips; ~8x slower)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs exist (default: skip them)."),
@@ -68,12 +69,48 @@ def predict_command(
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 on CPUs with native "
                                         "bf16 and on GPUs, else fp32."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    save_uncertainty: bool = typer.Option(False, "--save-uncertainty", help="Also write <case>_uncertainty.nii.gz: "
+                                          "float32 in [0, 1], the normalised entropy of the class probabilities "
+                                          "(averaged over the flips with --tta)."),
+    confidence_threshold: float | None = typer.Option(None, "--confidence-threshold", help="List cases whose "
+                                                      "confidence figure is below this as 'check these' (default: "
+                                                      "agsevnet.infer.uncertainty.DEFAULT_CONFIDENCE_THRESHOLD).",
+                                                      show_default=False),
+    shard: str | None = typer.Option(None, "--shard", help="I/N (1-based): only the cases whose id hashes to shard "
+                                     "I of N, for job arrays and one process per GPU; writes "
+                                     "OUT/predict-summary-shard-I-of-N.json.", show_default=False),
+    summary_dir: Path | None = typer.Option(None, "--summary", help="Merge the predict-summary*.json files of this "
+                                            "output folder (the shards of a job array): counts, failures, missing "
+                                            "shards, cases to check; exit 1 if any failed or is missing. Predicts "
+                                            "nothing.", show_default=False),
 ) -> None:
     """Segment cases into BraTS-ready NIfTI label maps on exactly the input grid.
 
     Examples: agsevnet predict MyCase/ --out preds (the bundled model);
-    agsevnet predict /data/BraTS2021_Validation --model run/best.pt --out preds
+    agsevnet predict /data/BraTS2021_Validation --model run/best.pt --out preds;
+    a job array: agsevnet predict /data/archive --out preds --shard $SLURM_ARRAY_TASK_ID/16, then
+    agsevnet predict --summary preds
     """
+    from agsevnet.errors import ConfigError
+
+    if summary_dir is not None:
+        if input_path is not None or out is not None or shard is not None:
+            raise ConfigError("--summary OUT merges the summaries of a finished run; give it alone (no INPUT, "
+                              "--out or --shard)")
+        from agsevnet.infer.shard import merge_summaries
+
+        merged = merge_summaries(summary_dir, confidence_threshold)
+        typer.echo(merged.format(), err=not merged.ok)
+        if not merged.ok:
+            raise typer.Exit(1)
+        return
+    if out is None:
+        raise ConfigError("--out is required: the folder to write the predictions into")
+    parsed_shard = None
+    if shard is not None:
+        from agsevnet.infer.shard import parse_shard
+
+        parsed_shard = parse_shard(shard)
     if device == "cpu":
         tune_cpu_runtime()
     from agsevnet.infer.bundled import resolve_model
@@ -86,6 +123,7 @@ def predict_command(
         progress=not quiet, raise_errors=debug_enabled(),
         device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
         overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction, precision=precision.value,
+        save_uncertainty=save_uncertainty, confidence_threshold=confidence_threshold, shard=parsed_shard,
     )
     typer.echo(summary.format(), err=not summary.ok)
     if not summary.ok:

@@ -11,7 +11,9 @@ Predictions (and label-only ground-truth folders): a label file's case id comes 
 ``<case>.nii.gz``, ``<case>_seg.nii.gz`` or ``<case>-seg.nii.gz`` (``.nii`` too), searched recursively so flat
 folders and one-folder-per-case layouts both work. Not label files: names ending like a modality
 (``_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``-t1n``, ``-t1c``, ``-t2w``, ``-t2f``), the probability maps
-``agsevnet predict`` writes next to its predictions (``<case>_prob.nii.gz``), hidden files (``._x.nii.gz``
+``agsevnet predict`` writes next to its predictions (``<case>_prob.nii.gz``) and its uncertainty maps
+(``<case>_uncertainty.nii.gz``; its ``<case>.json`` sidecars and ``predict-summary*.json`` are no NIfTI files, so
+never label files), hidden files (``._x.nii.gz``
 from macOS archives) and the image folders of MSD / nnU-Net (``imagesTr``, ``imagesTs``). Two files with the
 same case id in one tree are an error naming both.
 """
@@ -27,7 +29,8 @@ from agsevnet.data.nifti import is_nifti_name, strip_nifti_suffix
 from agsevnet.errors import DataError
 
 LABEL_SUFFIXES: tuple[str, ...] = ("_seg", "-seg")
-NOT_LABEL_SUFFIXES: tuple[str, ...] = ("_flair", "_t1", "_t1ce", "_t2", "-t1n", "-t1c", "-t2w", "-t2f", "_prob")
+NOT_LABEL_SUFFIXES: tuple[str, ...] = ("_flair", "_t1", "_t1ce", "_t2", "-t1n", "-t1c", "-t2w", "-t2f", "_prob",
+                                        "_uncertainty")
 IMAGE_FOLDERS: frozenset[str] = frozenset({"imagesTr", "imagesTs", "imagesVal"})
 MISSING_MODES: tuple[str, ...] = ("error", "empty", "skip")
 NAMING_HINT = "expected <case>.nii.gz, <case>_seg.nii.gz or <case>-seg.nii.gz"

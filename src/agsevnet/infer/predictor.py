@@ -59,11 +59,14 @@ DEFAULT_ROI = (128, 128, 64)
 @dataclass
 class Prediction:
     """One case's prediction on the input grid: internal labels (uint8, (X, Y, Z)) and, when asked for,
-    probabilities (float32, (num_classes, X, Y, Z))."""
+    probabilities (float32, (num_classes, X, Y, Z)), the uncertainty map (float32 (X, Y, Z) in [0, 1]) and the
+    confidence figure with its parts (:func:`agsevnet.infer.uncertainty.case_confidence`)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     strategy: str
+    uncertainty: np.ndarray | None = None
+    confidence: dict[str, float | int] | None = None
 
 
 class Predictor:
@@ -205,23 +208,37 @@ class Predictor:
         labels = relabel_small_enhancing(labels, self.et_threshold)
         return labels, classes
 
-    def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False) -> Prediction:
-        """Internal labels (and optionally probabilities) of a preprocessed case, on its original grid."""
+    def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False,
+                             with_uncertainty: bool = False) -> Prediction:
+        """Internal labels (and optionally probabilities; with ``with_uncertainty`` the normalised-entropy map
+        and the confidence figure of :mod:`agsevnet.infer.uncertainty`) of a preprocessed case, on its original
+        grid."""
         from agsevnet.preprocess import uncrop
 
         box, shape = pre.box, pre.original_shape
         strategy = self.strategy_for(pre.image.shape[1:])
         cropped, prob = self.labels_on_crop(pre)
         labels = uncrop(cropped, box, shape, fill=0)
-        full = None
+        full = uncertainty = confidence = None
+        if with_uncertainty:
+            from agsevnet.infer.uncertainty import case_confidence, normalised_entropy
+
+            entropy = normalised_entropy(prob)  # on the crop, where the model looked
+            confidence = case_confidence(cropped, prob, entropy)
+            uncertainty = uncrop(entropy, box, shape, fill=0.0)  # outside the crop: certain background
+            del entropy
         if with_probabilities:
             # Outside the crop the model saw nothing: certain background.
             full = np.stack([uncrop(p, box, shape, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
-        return Prediction(labels=labels, probabilities=full, strategy=strategy)
+        return Prediction(labels=labels, probabilities=full, strategy=strategy, uncertainty=uncertainty,
+                          confidence=confidence)
 
-    def predict_case(self, case: Case, *, with_probabilities: bool = False) -> Prediction:
-        """Internal labels (and optionally probabilities) of a loaded case on its input grid."""
-        return self.predict_preprocessed(self.preprocess_case(case), with_probabilities=with_probabilities)
+    def predict_case(self, case: Case, *, with_probabilities: bool = False,
+                     with_uncertainty: bool = False) -> Prediction:
+        """Internal labels (and optionally probabilities, the uncertainty map and confidence) of a loaded case on
+        its input grid."""
+        return self.predict_preprocessed(self.preprocess_case(case), with_probabilities=with_probabilities,
+                                         with_uncertainty=with_uncertainty)
 
 
 INFERENCE_KEYS: tuple[str, ...] = ("strategy", "overlap", "tta", "min_component_fraction", "et_threshold")
@@ -306,16 +323,46 @@ class CaseResult:
     seconds: float = 0.0
     strategy: str = ""
     labels: str = ""  # the label convention written (written cases)
+    confidence: float | None = None  # agsevnet.infer.uncertainty's figure (written cases; skipped: from the sidecar)
 
 
 @dataclass
 class PredictSummary:
-    """All cases of a :func:`predict` run."""
+    """All cases of a :func:`predict` run (of its shard, with ``--shard``), and the confidence below which a case
+    is listed as one to check."""
 
     results: list[CaseResult] = field(default_factory=list)
+    confidence_threshold: float | None = None
+    shard: tuple[int, int] | None = None
 
     def by_status(self, status: str) -> list[CaseResult]:
         return [r for r in self.results if r.status == status]
+
+    def low_confidence(self) -> list[CaseResult]:
+        """Written or skipped cases whose confidence is below the threshold, least confident first."""
+        if self.confidence_threshold is None:
+            return []
+        low = [r for r in self.results if r.status != "failed" and r.confidence is not None
+               and r.confidence < self.confidence_threshold]
+        return sorted(low, key=lambda r: r.confidence)
+
+    def to_record(self, **extra: Any) -> dict[str, Any]:
+        """The JSON summary file's content (:mod:`agsevnet.infer.shard` merges these): counts and every case."""
+        from agsevnet.infer.shard import SUMMARY_FORMAT
+        from agsevnet.infer.uncertainty import CONFIDENCE_DEFINITION
+
+        return {
+            "format": SUMMARY_FORMAT,
+            "shard": list(self.shard) if self.shard else None,
+            **extra,
+            "confidence_threshold": self.confidence_threshold,
+            "confidence_definition": CONFIDENCE_DEFINITION,
+            "counts": {s: len(self.by_status(s)) for s in ("written", "skipped", "failed")},
+            "check_these": [r.case_id for r in self.low_confidence()],
+            "cases": [{"case_id": r.case_id, "status": r.status, "output": str(r.output) if r.output else None,
+                       "message": r.message, "seconds": round(r.seconds, 3), "strategy": r.strategy,
+                       "labels": r.labels, "confidence": r.confidence} for r in self.results],
+        }
 
     @property
     def ok(self) -> bool:
@@ -342,12 +389,55 @@ class PredictSummary:
                      ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
             lines.append(f"  labels {what}: {shown}")
         lines += [f"  failed: {r.case_id}: {r.message}" for r in failed]
+        low = self.low_confidence()
+        if low:
+            lines.append(f"  check these ({len(low)} case(s) with confidence < {self.confidence_threshold:g}):")
+            lines += [f"    {r.case_id}: confidence {r.confidence:.3f}" for r in low]
         return "\n".join(lines)
 
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     """``OUT_DIR/<case>.nii.gz`` and ``OUT_DIR/<case>_prob.nii.gz``."""
     return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_prob.nii.gz"
+
+
+def uncertainty_output(out_dir: Path, case_id: str) -> Path:
+    """``OUT_DIR/<case>_uncertainty.nii.gz`` (``--save-uncertainty``; the report's viewer looks for this name)."""
+    return out_dir / f"{case_id}_uncertainty.nii.gz"
+
+
+def sidecar_path(out_dir: Path, case_id: str) -> Path:
+    """``OUT_DIR/<case>.json``: the model, settings, label convention, seconds and confidence of a prediction."""
+    return out_dir / f"{case_id}.json"
+
+
+def _sidecar_confidence(path: Path) -> float | None:
+    """The confidence recorded in an existing sidecar (a skipped case keeps its figure in the summary)."""
+    import json
+
+    try:
+        value = json.loads(path.read_text()).get("confidence")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _model_name(checkpoint: Any) -> str:
+    if isinstance(checkpoint, (str, Path)):
+        return str(checkpoint)
+    if isinstance(checkpoint, Mapping):
+        return f"checkpoint dict (model {dict(checkpoint.get('model') or {}).get('name', '?')}, step " \
+               f"{checkpoint.get('step', '?')})"
+    return type(checkpoint).__name__
+
+
+def _settings(predictor: Predictor) -> dict[str, Any]:
+    """The inference settings of a predictor, for the sidecars and the summary."""
+    return {"output": predictor.output, "strategy": predictor.strategy, "overlap": predictor.overlap,
+            "tta_flips": len(predictor.tta), "roi_size": list(predictor.roi_size) if predictor.roi_size else None,
+            "et_threshold": predictor.et_threshold, "min_component_fraction": predictor.min_component_fraction,
+            "precision": str(predictor.precision), "device": str(predictor.device),
+            "preprocess": dict(predictor.preprocess)}
 
 
 def find_cases(inputs: str | Path | None, files: Mapping[str, str | Path | None] | None = None,
@@ -394,6 +484,10 @@ def predict(
     progress: bool = True,
     raise_errors: bool = False,
     cases: Sequence[CaseSpec] | None = None,
+    save_uncertainty: bool = False,
+    confidence_threshold: float | None = None,
+    shard: tuple[int, int] | str | None = None,
+    write_summary: bool = True,
     **options: Any,
 ) -> PredictSummary:
     """Segment every case of ``inputs`` (see :func:`find_cases`) into ``out_dir``.
@@ -402,7 +496,18 @@ def predict(
     its source layout). ``options``: the :class:`Predictor` settings. A case whose outputs exist is skipped
     unless ``overwrite``; a case that fails is recorded with its error (which names the file) and the run goes
     on, unless ``raise_errors``. Returns the summary (``summary.ok`` is False when any case failed).
+
+    Every written case gets ``<case>.json`` (model, settings, label convention, seconds, the confidence figure of
+    :mod:`agsevnet.infer.uncertainty`); ``save_uncertainty`` also writes ``<case>_uncertainty.nii.gz``.
+    ``confidence_threshold`` (default :data:`~agsevnet.infer.uncertainty.DEFAULT_CONFIDENCE_THRESHOLD`): cases
+    below it are listed as "check these". ``shard``: ``(I, N)`` or ``"I/N"``, only the cases of that shard
+    (:mod:`agsevnet.infer.shard`). ``write_summary``: write ``predict-summary[-shard-I-of-N].json`` into
+    ``out_dir`` at the end (atomically).
     """
+    from agsevnet.fsutil import write_json_atomic
+    from agsevnet.infer.shard import parse_shard, select_shard, summary_name
+    from agsevnet.infer.uncertainty import CONFIDENCE_DEFINITION, DEFAULT_CONFIDENCE_THRESHOLD
+
     from agsevnet.progress import progress_bar
 
     from agsevnet.data.io import load_case
@@ -413,16 +518,28 @@ def predict(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("output folder is a file", out_dir)
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    threshold = DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else float(confidence_threshold)
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"--confidence-threshold must be in [0, 1], got {threshold}")
+    started = time.time()
     predictor = _as_predictor(checkpoint, options)
     specs = list(cases) if cases is not None else find_cases(inputs, files, case_id, labels)
+    if shard is not None:
+        specs = select_shard(specs, *shard)
+    settings = _settings(predictor)
+    model_name = _model_name(checkpoint)
 
-    summary = PredictSummary()
+    summary = PredictSummary(confidence_threshold=threshold, shard=tuple(shard) if shard else None)
     todo: list[CaseSpec] = []
     for spec in specs:
         seg_path, prob_path = output_paths(out_dir, spec.case_id)
-        done = seg_path.exists() and (prob_path.exists() or not save_probabilities)
+        done = seg_path.exists() and (prob_path.exists() or not save_probabilities) and (
+            uncertainty_output(out_dir, spec.case_id).exists() or not save_uncertainty)
         if done and not overwrite:
-            summary.results.append(CaseResult(spec.case_id, "skipped", seg_path))
+            summary.results.append(CaseResult(spec.case_id, "skipped", seg_path,
+                                              confidence=_sidecar_confidence(sidecar_path(out_dir, spec.case_id))))
         elif spec.problems:
             summary.results.append(CaseResult(spec.case_id, "failed", message="; ".join(spec.problems)))
         else:
@@ -443,14 +560,31 @@ def predict(
                 geometry = case.geometry
                 pre = predictor.preprocess_case(case)
                 del case  # the raw images are not needed any more: keep the peak memory down
-                result = predictor.predict_preprocessed(pre, with_probabilities=save_probabilities)
+                result = predictor.predict_preprocessed(pre, with_probabilities=save_probabilities,
+                                                        with_uncertainty=True)
                 del pre
                 if save_probabilities:
                     save_nifti(prob_path, np.moveaxis(result.probabilities, 0, -1), geometry, np.float32)
-                save_labels(seg_path, from_internal(result.labels, labels or spec.label_convention), geometry)
-                summary.results.append(CaseResult(spec.case_id, "written", seg_path,
-                                                  seconds=time.perf_counter() - start, strategy=result.strategy,
-                                                  labels=labels or spec.label_convention))
+                unc_path = uncertainty_output(out_dir, spec.case_id)
+                if save_uncertainty:
+                    save_nifti(unc_path, result.uncertainty, geometry, np.float32)
+                convention = labels or spec.label_convention
+                seconds = time.perf_counter() - start
+                confidence = result.confidence or {}
+                write_json_atomic(sidecar_path(out_dir, spec.case_id), _jsonable({
+                    "case_id": spec.case_id, "prediction": seg_path.name,
+                    "uncertainty": unc_path.name if save_uncertainty else None,
+                    "probabilities": prob_path.name if save_probabilities else None,
+                    "labels": convention, **confidence, "confidence_definition": CONFIDENCE_DEFINITION,
+                    "confidence_threshold": threshold, "check": confidence.get("confidence", 1.0) < threshold,
+                    "model": model_name, "settings": {**settings, "strategy_used": result.strategy},
+                    "seconds": round(seconds, 3), "input": str(_spec_location(spec)),
+                }))
+                # the label map last: it marks the case done (a rerun skips it), so its sidecar is there too
+                save_labels(seg_path, from_internal(result.labels, convention), geometry)
+                summary.results.append(CaseResult(spec.case_id, "written", seg_path, seconds=seconds,
+                                                  strategy=result.strategy, labels=convention,
+                                                  confidence=confidence.get("confidence")))
                 del result
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch; reported below
                 if raise_errors:
@@ -463,4 +597,15 @@ def predict(
     bar.close()
     order = {spec.case_id: i for i, spec in enumerate(specs)}
     summary.results.sort(key=lambda r: order.get(r.case_id, len(order)))
+    if write_summary:
+        write_json_atomic(out_dir / summary_name(summary.shard), _jsonable(summary.to_record(
+            model=model_name, settings=settings, started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            seconds=round(time.time() - started, 3))))
     return summary
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with tuples as lists and anything JSON cannot hold as its string."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
