@@ -68,6 +68,9 @@ def predict_command(
                                        "FLAIR file's case prefix, or its folder's name for a name like Flair.nii.gz)."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 on CPUs with native "
                                         "bf16 and on GPUs, else fp32."),
+    backend: str = typer.Option("torch", "--backend", help="Runtime of the network: torch, onnxruntime or "
+                                "openvino (CPU; optional extras: pip install 'agsevnet[onnx]' / "
+                                "'agsevnet[openvino]'; the ONNX export is made once and cached)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     save_uncertainty: bool = typer.Option(False, "--save-uncertainty", help="Also write <case>_uncertainty.nii.gz: "
                                           "float32 in [0, 1], the normalised entropy of the class probabilities "
@@ -123,6 +126,7 @@ def predict_command(
         progress=not quiet, raise_errors=debug_enabled(),
         device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
         overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction, precision=precision.value,
+        backend=backend,
         save_uncertainty=save_uncertainty, confidence_threshold=confidence_threshold, shard=parsed_shard,
     )
     typer.echo(summary.format(), err=not summary.ok)
