@@ -17,12 +17,18 @@ Usage::
 
     python benchmarks/predict_speed.py [--case DIR] [--model CKPT] [--precision auto|fp32|bf16]
                                        [--strategy auto|whole|sliding] [--contiguous] [--skip-monai] [--profile]
+                                       [--backends torch,onnxruntime,openvino]
 
 Without ``--model`` the bundled model (``agsevnet predict``'s default, with the inference settings it was
 validated with) is timed, against the targets of issue 10 (<= 5 s end to end, <= 0.15x SegResNet).
 ``--model default-random`` times the ``default`` AGSE-VNet (randomly initialised, saved in a temporary folder:
 speed does not depend on the weights); ``--model NAME|CKPT`` any bundled model or checkpoint. ``--profile`` also prints where AGSE-VNet's time goes
 (operators grouped as convolutions, normalisation, guided filter, ...).
+
+``--backends torch,onnxruntime,openvino`` times each runtime (``agsevnet predict --backend``) end to end on the same
+case, each in its own child process, and prints them side by side with each one's voxel agreement with the
+torch labels; the network is exported to ONNX once beforehand (into a temporary cache, its time printed
+apart), so no child pays for the export. Runtimes that are not installed are reported and left out.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ def _child_agsevnet(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     predictor = Predictor.from_checkpoint(args.model, strategy=args.strategy, precision=args.precision,
-                                          channels_last=args.channels_last)  # strategy None: the checkpoint's
+                                          channels_last=args.channels_last,  # strategy None: the checkpoint's
+                                          backend=args.backend)
     load_s = time.perf_counter() - t0
     runs, cpu, rss = [], [], []
     for _ in range(2):  # the first includes oneDNN's one-off kernel set-up; a batch pays it once
@@ -72,7 +79,8 @@ def _child_agsevnet(args: argparse.Namespace) -> dict:
     result = summary.results[0]
     out = {"model_load_s": load_s, "first_case_s": runs[0], "next_case_s": runs[1], "first_case_cpu_s": cpu[0],
            "next_case_cpu_s": cpu[1], "strategy": result.strategy,
-           "precision": predictor.precision, "threads": torch.get_num_threads(), "rss_after_case_gib": rss}
+           "precision": predictor.precision, "threads": torch.get_num_threads(), "rss_after_case_gib": rss,
+           "backend": args.backend}
     if args.profile:
         out["profile"] = _profile(predictor, args.case)
     return out
@@ -170,6 +178,60 @@ def _bundled_available() -> bool:
     return True
 
 
+def _compare_backends(args: argparse.Namespace, model: Path, label: str, extra: list[str], tmp: Path) -> None:
+    """Time every backend of ``--backends`` end to end in its own child and print them side by side."""
+    import importlib.util
+
+    import nibabel as nib
+    import numpy as np
+
+    from agsevnet.infer.backends import BACKENDS
+
+    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    missing = [b for b in wanted if b != "torch" and importlib.util.find_spec(b) is None]
+    for b in missing:
+        print(f"{b}: not installed (pip install 'agsevnet[{'onnx' if b == 'onnxruntime' else b}]'); left out")
+    wanted = [b for b in wanted if b not in missing]
+    os.environ["AGSEVNET_CACHE"] = str(tmp / "cache")  # the children inherit it: the export below is theirs
+    if any(b != "torch" for b in wanted):
+        from agsevnet.checkpoint import load_checkpoint, model_from_checkpoint
+        from agsevnet.infer.backends import exported_onnx
+        from agsevnet.models import required_divisor
+
+        ckpt = load_checkpoint(model)
+        t0 = time.perf_counter()
+        exported_onnx(model_from_checkpoint(ckpt), required_divisor(dict(ckpt["model"])))
+        print(f"ONNX export (once per network, cached): {time.perf_counter() - t0:.1f} s")
+    rows, labels = [], {}
+    for backend in wanted:
+        out = tmp / f"out-{backend}"
+        child_extra = [*extra[:2], "--out", str(out), *extra[4:], "--backend", backend]
+        result, wall, rss = _run_child("agsevnet", args, child_extra)
+        rows.append((backend, result, wall, rss))
+        seg = next(out.glob("*.nii.gz"))
+        labels[backend] = np.asarray(nib.load(seg).dataobj)
+    reference = labels.get("torch")
+    print(f"{label}, {rows[0][1]['strategy']}, {rows[0][1]['threads']} threads, backends side by side "
+          "(end to end: read, preprocess, network, postprocess, write):")
+    print(f"  {'backend':12s} {'precision':9s} {'load s':>7s} {'first s':>8s} {'next s':>7s} {'next CPU s':>10s} "
+          f"{'peak RSS GiB':>12s} {'vs torch':>9s} {'voxels = torch':>14s} {'tumour voxels = torch':>21s}")
+    torch_next = next((r[1]["next_case_s"] for r in rows if r[0] == "torch"), None)
+    for backend, r, wall, rss in rows:
+        speed = f"{torch_next / r['next_case_s']:.2f}x" if torch_next else "-"
+        if reference is not None:
+            agree = float((labels[backend] == reference).mean())
+            tumour = (labels[backend] > 0) | (reference > 0)
+            tumour_agree = float((labels[backend][tumour] == reference[tumour]).mean()) if tumour.any() else 1.0
+            agreement = f"{100 * agree:13.4f}% {100 * tumour_agree:20.2f}%"
+        else:
+            agreement = "-"
+        print(f"  {backend:12s} {r['precision']:9s} {r['model_load_s']:7.1f} {r['first_case_s']:8.1f} "
+              f"{r['next_case_s']:7.1f} {r['next_case_cpu_s']:10.1f} {rss:12.2f} {speed:>9s} {agreement}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a real 240x240x155 BraTS case folder")
@@ -182,6 +244,9 @@ def main() -> None:
                         help="run AGSE-VNet in the contiguous memory format instead of channels_last_3d")
     parser.add_argument("--skip-monai", action="store_true", help="time AGSE-VNet only")
     parser.add_argument("--profile", action="store_true", help="also print AGSE-VNet's time per operator group")
+    parser.add_argument("--backends", help="comma-separated runtimes to time side by side (torch, onnxruntime, "
+                        "openvino), each end to end in its own process")
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["agsevnet", "monai"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,6 +274,9 @@ def main() -> None:
         extra = ["--model", str(model), "--out", str(Path(tmp) / "out"), "--precision", args.precision,
                  *(["--strategy", strategy] if strategy else []), *(["--profile"] if args.profile else []),
                  *([] if args.channels_last else ["--contiguous"])]
+        if args.backends:
+            _compare_backends(args, model, label, extra, Path(tmp))
+            return
         ours, ours_wall, ours_rss = _run_child("agsevnet", args, extra)
     layout = "channels-last" if args.channels_last else "contiguous"
     print(f"{label} ({ours['strategy']}, {ours['precision']}, {layout}, {ours['threads']} threads): end to end "
