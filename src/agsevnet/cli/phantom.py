@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 
@@ -43,6 +42,7 @@ def phantom_command(
 ) -> None:
     """Write synthetic BraTS-like cases: a brain with one or two gliomas in FLAIR, T1, T1ce and T2, with labels."""
     from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.parallel import worker_count
 
     files = write_phantom_dataset(
         out_dir,
@@ -52,7 +52,7 @@ def phantom_command(
         naming=naming.value,
         with_labels=not no_labels,
         overwrite=overwrite,
-        workers=workers or min(cases, os.cpu_count() or 1),
+        workers=workers or worker_count(cases),
         progress=True,
     )
     labels = "without labels" if no_labels else "with labels"

@@ -28,4 +28,6 @@ def tune_cpu_runtime(*, passive_wait: bool = False, all_threads: bool = True) ->
     if all_threads:
         import torch
 
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        from agsevnet.parallel import available_cpus
+
+        torch.set_num_threads(available_cpus())

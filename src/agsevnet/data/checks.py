@@ -8,7 +8,6 @@ progress bar.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from agsevnet import MODALITIES
 from agsevnet.data.case import CaseSpec
 from agsevnet.data.io import read_case
 from agsevnet.data.layouts import discover
+from agsevnet.parallel import worker_count
 
 
 @dataclass
@@ -61,8 +61,9 @@ def check_case(spec: CaseSpec) -> CaseReport:
 
 
 def default_workers(n_cases: int) -> int:
-    """Worker processes for ``n_cases``: one per CPU, at most one per case, at most 8 (memory: ~0.3 GB each)."""
-    return max(1, min(n_cases, os.cpu_count() or 1, 8))
+    """Worker processes for ``n_cases``: one per CPU, at most one per case, at most 8 (memory: ~0.3 GB each);
+    see :mod:`agsevnet.parallel`."""
+    return worker_count(n_cases, cap=8)
 
 
 def check_specs(specs: list[CaseSpec], workers: int | None = None, progress: bool = True) -> list[CaseReport]:

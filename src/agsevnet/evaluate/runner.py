@@ -34,7 +34,6 @@ Hausdorff95 rule: ``hd95="pooled"`` (default, medpy's hd95) or ``"max"``; see
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from agsevnet.data.nifti import load_volume
 from agsevnet.errors import AgsevnetError, DataError
 from agsevnet.evaluate.matching import Pair, match_cases
 from agsevnet.evaluate.metrics import HD95_RULES, case_metrics, check_hd95_rule
+from agsevnet.parallel import worker_count
 
 LABEL_MODES: tuple[str, ...] = ("auto", *CONVENTIONS)
 AFFINE_TOLERANCE = 1e-3
@@ -218,8 +218,9 @@ def _evaluate_pair_portable(pair: Pair, labels: str, options: dict[str, Any]) ->
 
 
 def default_workers(n_cases: int) -> int:
-    """Up to 4 processes, one per CPU core, and at least 4 cases per process (starting one costs ~1 s)."""
-    return max(1, min(4, os.cpu_count() or 1, n_cases // 4))
+    """Up to 4 processes, one per CPU core, and at least 4 cases per process (starting one costs ~1 s); see
+    :mod:`agsevnet.parallel`."""
+    return worker_count(n_cases, cap=4, items_per_worker=4)
 
 
 def evaluate(

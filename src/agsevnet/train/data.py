@@ -433,11 +433,11 @@ def _worker_init(_: int) -> None:
 
 
 def default_workers() -> int:
-    """Loader processes when the config says null: ``min(4, CPUs - 1)`` (0 on a single CPU)."""
-    import os
+    """Loader processes when the config says null: ``min(4, CPUs - 1)`` (0 on a single CPU); the reasons for the
+    cap are in :mod:`agsevnet.parallel`."""
+    from agsevnet.parallel import worker_count
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cpus - 1))
+    return worker_count(cap=4, reserve=1, minimum=0)
 
 
 def make_loader(dataset: PatchDataset, start_step: int, stop_step: int, workers: int, pin_memory: bool = False) -> DataLoader:
