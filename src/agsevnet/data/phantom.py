@@ -32,6 +32,7 @@ from scipy import ndimage
 from scipy.special import expit
 
 from agsevnet import MODALITIES, __version__
+from agsevnet.boxes import bounding_slices
 from agsevnet.data.case import Geometry
 from agsevnet.data.labels import from_internal
 from agsevnet.data.nifti import save_labels, save_nifti
@@ -535,7 +536,8 @@ def make_phantom_with_tissues(
     brain = classes != _BG
     in_tumour = classes >= _EDEMA
     texture = 0.025 * _smooth_field(rng, classes.shape, _sigma(frame, 1.3))
-    where = _bounding_box(in_tumour)  # tumours are more heterogeneous than normal tissue
+    # Tumours are more heterogeneous than normal tissue (an empty box where there is no tumour).
+    where = bounding_slices(in_tumour) or (slice(0, 0),) * in_tumour.ndim
     heterogeneity = 0.08 * _smooth_field(rng, in_tumour[where].shape, _sigma(frame, 2.5))
     texture[where] += np.where(in_tumour[where], heterogeneity, 0)
     texture += 1.0
@@ -562,15 +564,6 @@ def make_phantom_with_tissues(
     tissues = np.zeros(shape, dtype=np.uint8)
     tissues[anatomy.box] = classes
     return images, _CLASS_LABEL[tissues], tissues
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box holding every True voxel of ``mask`` (an empty box when there is none)."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0))
-    return tuple(box)
 
 
 # ----------------------------------------------------------------------------------------------------------

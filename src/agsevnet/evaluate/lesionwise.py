@@ -68,6 +68,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from agsevnet.boxes import bounding_slices
 from agsevnet.data.labels import REGION_LABELS
 
 LESION_REGIONS: tuple[str, ...] = ("ET", "TC", "WT")
@@ -104,14 +105,6 @@ _FACE = ndimage.generate_binary_structure(3, 1)  # surfaces
 _DILATION = ndimage.generate_binary_structure(3, 2)  # the 2023 rule's dilation
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """Bounding box of ``mask`` grown by ``margin`` voxels (clipped), or None when empty."""
-    objects = ndimage.find_objects(mask.astype(np.uint8))
-    if not objects or objects[0] is None:
-        return None
-    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(objects[0], mask.shape))
-
-
 def _union_box(boxes: Sequence[tuple[slice, ...]], shape: tuple[int, ...], margin: int = 1) -> tuple[slice, ...]:
     return tuple(slice(max(min(b[a].start for b in boxes) - margin, 0), min(max(b[a].stop for b in boxes) + margin, n))
                  for a, n in enumerate(shape))
@@ -128,7 +121,7 @@ def surface_distance_pair(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
 
     Computed on the crop of the union bounding box plus one voxel, which leaves every distance unchanged.
     """
-    box = _box(a | b, 1)
+    box = bounding_slices(a | b, 1)
     a, b = a[box], b[box]
     sampling = np.asarray(spacing, dtype=np.float64)
     a_surface = a & ~ndimage.binary_erosion(a, structure=_FACE)
@@ -195,7 +188,7 @@ def panoptica_region(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float])
         out["global_hd95"] = hd95(*distances)
 
     # Instances and their matching.
-    box = _box(pred | gt, 1)
+    box = bounding_slices(pred | gt, 1)
     if box is not None:
         pred, gt = pred[box], gt[box]
     pred_cc, n_pred = label_components(pred)
@@ -252,7 +245,7 @@ def ranking_region(
     volume_threshold: float = RANKING_VOLUME_THRESHOLD,
 ) -> dict[str, float]:
     """The BraTS 2023 ranking rule of one region (keys :data:`RANKING_METRICS`) from two boolean masks."""
-    box = _box(pred | gt, dilation + 1)  # the dilation stays inside the crop, or meets the volume's border as before
+    box = bounding_slices(pred | gt, dilation + 1)  # the dilation stays inside the crop, or meets the volume's border as before
     if box is not None:
         pred, gt = pred[box], gt[box]
     pred_cc, n_pred = label_components(pred)
@@ -314,7 +307,7 @@ def lesionwise_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
         raise ValueError(f"expected 3D label arrays and 3 spacings, got {pred.ndim}D and {list(spacing)}")
     # Every region lies inside WT: one crop of the union's bounding box (with room for the 2023 rule's
     # dilation) serves all of them and changes no figure.
-    box = _box((pred > 0) | (gt > 0), RANKING_DILATION + 1)
+    box = bounding_slices((pred > 0) | (gt > 0), RANKING_DILATION + 1)
     if box is not None:
         pred, gt = pred[box], gt[box]
     out: dict[str, float] = {}

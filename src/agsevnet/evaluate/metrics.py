@@ -53,6 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from agsevnet import REGIONS
+from agsevnet.boxes import bounding_slices
 from agsevnet.data.labels import REGION_LABELS
 
 HD95_EMPTY: float = 373.128664
@@ -76,18 +77,6 @@ COLUMNS: tuple[str, ...] = tuple(f"{metric}_{region}" for metric in METRICS for 
 """The 12 per-case columns: ``Dice_ET, Dice_WT, Dice_TC, Sensitivity_ET, ..., Hausdorff95_TC``."""
 
 _SURFACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
-
-
-def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped to the array), or None."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -114,7 +103,7 @@ def directed_surface_distances(pred: np.ndarray, gt: np.ndarray,
 
     Works on the crop of the masks' union bounding box (+1 voxel), see the module docstring.
     """
-    box = _bounding_box(pred | gt, margin=1)
+    box = bounding_slices(pred | gt, margin=1)
     if box is None or not pred.any() or not gt.any():
         raise ValueError("Hausdorff95 needs two non-empty masks")
     p_surface = _surface(pred[box])
@@ -184,7 +173,7 @@ def _crop_to_foreground(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, n
     Every region lies inside WT, so this one crop serves all three regions; the margin is background (or
     the volume border, which the erosion treats as background too), so surfaces are unchanged.
     """
-    box = _bounding_box((pred > 0) | (gt > 0), margin=1)
+    box = bounding_slices((pred > 0) | (gt > 0), margin=1)
     if box is None:
         box = (slice(0, 0),) * 3
     pred, gt = pred[box], gt[box]

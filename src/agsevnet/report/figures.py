@@ -26,6 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from agsevnet import REGIONS
+from agsevnet.boxes import bounding_slices
 from agsevnet.data.labels import region_masks
 from agsevnet.fsutil import atomic_path
 
@@ -218,7 +219,7 @@ def plot_case_overlay(
     content = np.zeros(ras[next(iter(ras))].shape, dtype=bool)
     for name, volume in ras.items():
         content |= volume != 0
-    box = tuple(slice(max(int(i.min()) - 6, 0), int(i.max()) + 7) for i in np.nonzero(content))
+    box = bounding_slices(content, 6) or tuple(slice(0, n) for n in content.shape)
     ras = {name: volume[box] for name, volume in ras.items()}
     ras_centre = [c - b.start for c, b in zip(ras_centre, box, strict=True)]
 
@@ -314,7 +315,7 @@ def plot_surfaces_3d(
         ax.set_axis_off()
     else:
         ras_union, spacing = to_ras(union, affine)
-        box = tuple(slice(max(int(idx.min()) - 1, 0), int(idx.max()) + 2) for idx in np.nonzero(ras_union))
+        box = bounding_slices(ras_union, 1)  # not None: union.any()
         extent = np.array([(s.stop - s.start) * sp for s, sp in zip(box, spacing, strict=True)])
         alphas = {"WT": 0.15, "TC": 0.9, "ET": 0.9}
         light = LightSource(azdeg=315, altdeg=45)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from agsevnet.boxes import bounding_slices
 from agsevnet.errors import DataError
 
 LEVELS = 64  # grey levels stored per voxel (6 bits): half the bytes of 8 bits after compression, no visible loss
@@ -172,13 +173,7 @@ def _content_box(volumes: Sequence[np.ndarray], shape: tuple[int, ...]) -> tuple
     content = np.zeros(shape, dtype=bool)
     for volume in volumes:
         content |= volume != 0
-    if not content.any():
-        return tuple(slice(0, n) for n in shape)
-    box = []
-    for axis, n in enumerate(shape):
-        hit = np.flatnonzero(content.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(int(hit[0]) - MARGIN, 0), min(int(hit[-1]) + 1 + MARGIN, n)))
-    return tuple(box)
+    return bounding_slices(content, MARGIN) or tuple(slice(0, n) for n in shape)
 
 
 def _resample(volume: np.ndarray, shape: tuple[int, int, int], *, labels: bool) -> np.ndarray:
