@@ -100,12 +100,15 @@ def test_demo_metrics(demo):
     out, record, _ = demo
     with (out / "evaluation" / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["case", *COLUMNS] and [r["case"] for r in rows] == ["Phantom_001", "Phantom_002"]
+    # Every metrics CSV names the Hausdorff95 rule that produced it (issue 11 fix 5); the demo uses the default.
+    assert list(rows[0]) == ["case", *COLUMNS, "hd95_rule"] and [r["case"] for r in rows] == ["Phantom_001", "Phantom_002"]
+    assert {r["hd95_rule"] for r in rows} == {"pooled"}
     for row in rows:
         assert all(0 <= float(row[f"Dice_{r}"]) <= 1 for r in REGIONS)
         assert record["cases"][row["case"]]["WT"] == pytest.approx(float(row["Dice_WT"]), abs=1e-6)
     assert (out / "evaluation" / "metrics_summary.csv").is_file()
-    assert json.loads((out / "evaluation" / "metrics.json").read_text())["format"] == "agsevnet-evaluation"
+    record_json = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert record_json["format"] == "agsevnet-evaluation" and record_json["hd95_rule"] == "pooled"
 
 
 def test_demo_report_is_self_contained(demo):
