@@ -172,9 +172,11 @@ class Predictor:
             options["roi_size"] = checkpoint["patch_size"]
         return cls(model, **options)
 
-    def probabilities(self, image: np.ndarray, pad_value: float | Sequence[float] = 0.0) -> torch.Tensor:
+    def probabilities(self, image: np.ndarray, pad_value: float | Sequence[float] = 0.0, *,
+                      strategy: str | None = None) -> torch.Tensor:
         """Probabilities (C, x, y, z) of one preprocessed image in :data:`agsevnet.MODALITIES` order; ``pad_value``:
-        the image's background per channel in that order (what a whole pass pads with)."""
+        the image's background per channel in that order (what a whole pass pads with); ``strategy``: one the
+        caller already chose with :meth:`strategy_for` (None: this predictor's setting, ``auto`` chosen here)."""
         from agsevnet.infer.engine import predict_probabilities
 
         if self.channel_index != list(range(len(MODALITIES))):
@@ -182,8 +184,9 @@ class Predictor:
             if isinstance(pad_value, Sequence):
                 pad_value = [pad_value[i] for i in self.channel_index]
         return predict_probabilities(
-            self.model, image, roi_size=self.roi_size, overlap=self.overlap, strategy=self.strategy,
-            tta=self.tta, device=self.device, amp=self.precision, sw_batch_size=self.sw_batch_size,
+            self.model, image, roi_size=self.roi_size, overlap=self.overlap,
+            strategy=self.strategy if strategy is None else strategy, tta=self.tta, device=self.device,
+            amp=self.precision, sw_batch_size=self.sw_batch_size,
             divisor=self.divisor, memory_budget=self.memory_budget, channels_last=self.channels_last,
             activation="sigmoid" if self.output == "regions" else "softmax", pad_value=pad_value,
         )
@@ -201,15 +204,17 @@ class Predictor:
 
         return preprocess_case(case, **self.preprocess)
 
-    def labels_on_crop(self, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
+    def labels_on_crop(self, pre: Preprocessed, *, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
         network probabilities (resampled back from a coarse grid when the preprocessing resampled), decoded into
-        internal labels and postprocessed. Prediction and training's validation both go through here."""
+        internal labels and postprocessed. Prediction and training's validation both go through here.
+        ``strategy``: see :meth:`probabilities`."""
         import torch
 
         from agsevnet.preprocess import background_values, resample_to_shape
 
-        prob = resample_to_shape(self.probabilities(pre.image, background_values(pre.meta)), pre.crop_shape)
+        prob = resample_to_shape(self.probabilities(pre.image, background_values(pre.meta), strategy=strategy),
+                                 pre.crop_shape)
         if self.output == "regions":
             regions = prob.numpy()
             labels = regions_to_labels(regions)
@@ -230,8 +235,8 @@ class Predictor:
         from agsevnet.preprocess import uncrop
 
         box, shape = pre.box, pre.original_shape
-        strategy = self.strategy_for(pre.image.shape[1:])
-        cropped, prob = self.labels_on_crop(pre)
+        strategy = self.strategy_for(pre.image.shape[1:])  # chosen once: reported and used
+        cropped, prob = self.labels_on_crop(pre, strategy=strategy)
         labels = uncrop(cropped, box, shape, fill=0)
         full = uncertainty = confidence = None
         if with_uncertainty:
