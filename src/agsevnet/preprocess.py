@@ -38,7 +38,6 @@ the background as it was and does not return the statistics it used.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -52,9 +51,11 @@ from typing import Any
 import numpy as np
 
 from agsevnet import MODALITIES, __version__
+from agsevnet.boxes import Box, bounding_box
 from agsevnet.data.case import Case, CaseSpec, Geometry
 from agsevnet.errors import AgsevnetError, ConfigError, DataError
 from agsevnet.fsutil import atomic_path, write_json_atomic
+from agsevnet.parallel import worker_count
 
 FORMAT = "agsevnet-preprocessed"
 FORMAT_VERSION = 2
@@ -75,7 +76,6 @@ LABEL_FILE = "label.npy"
 NATIVE_LABEL_FILE = "label_native.npy"
 META_FILE = "meta.json"
 
-Box = tuple[tuple[int, int], ...]
 
 
 # --------------------------------------------------------------------------------------------- pure functions
@@ -96,16 +96,8 @@ def crop_box(mask: np.ndarray, margin: int = DEFAULT_MARGIN) -> Box:
     mask = np.asarray(mask)
     if mask.ndim == 4:
         mask = np.any(mask != 0, axis=0)
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    box = []
-    for axis, size in enumerate(mask.shape):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(np.any(mask, axis=other))
-        if idx.size == 0:
-            return tuple((0, int(s)) for s in mask.shape)
-        box.append((max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, int(size))))
-    return tuple(box)
+    box = bounding_box(mask, margin)  # the helper every stage shares (agsevnet.boxes)
+    return tuple((0, int(s)) for s in mask.shape) if box is None else box
 
 
 def union_box(a: Box, b: Box) -> Box:
@@ -549,11 +541,6 @@ def _cache_one(
     return None
 
 
-def _default_workers(n_cases: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_cases, cpus))
-
-
 def _case_dir(cache_dir: Path, case_id: str) -> Path:
     if not case_id or case_id.startswith(".") or "/" in case_id or "\\" in case_id:
         raise DataError(f"case id {case_id!r} cannot be used as a cache folder name", cache_dir)
@@ -638,7 +625,7 @@ def update_cache(
     failures: dict[str, tuple[str, str] | None] = {}
     if todo:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        n_workers = min(workers or _default_workers(len(todo)), len(todo))
+        n_workers = min(workers or worker_count(len(todo)), len(todo))  # see agsevnet.parallel
         failures = _run(todo, normalization, margin, dtype, n_workers, progress, len(specs), spacing)
     for spec, _, _ in todo:
         failure = failures.get(spec.case_id)
