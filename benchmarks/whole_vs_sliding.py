@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     from agsevnet.evaluate.metrics import case_metrics
     from agsevnet.infer.predictor import Predictor
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.checkpoint is not None:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision="fp32")
         model_name = str(args.checkpoint)
