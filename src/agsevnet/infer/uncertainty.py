@@ -23,9 +23,9 @@ region rather than over the brain, because the brain is mostly certain backgroun
 region made only of predicted tumour voxels leaves out exactly the voxels the model was unsure enough to
 leave out. A case with no such voxel (nothing predicted, nothing considered) has confidence
 ``1 - mean entropy over the brain crop``. The figure is in [0, 1]; higher is more confident. It falls when the
-input is degraded (noise, a missing contrast: ``tests/test_uncertainty.py``) and, measured on real cases, it ranks
-badly segmented cases only roughly (see the README's uncertainty section for the Spearman correlation measured
-against Dice and how little ten cases can tell).
+input is degraded (heavy noise, a missing FLAIR or T2: ``tests/test_uncertainty.py``), but hardly when T1ce is
+missing (the model is then confidently wrong: entropy cannot see that), and on ten real cases it did not rank the
+badly segmented ones (Spearman against Dice -0.03; see the README's uncertainty section).
 """
 
 from __future__ import annotations
@@ -38,12 +38,15 @@ RIM_VOXELS = 3
 TUMOUR_PROBABILITY = 0.1
 """Tumour probability (1 - p(background)) from which a voxel counts as tumour the model considered."""
 
-DEFAULT_CONFIDENCE_THRESHOLD = 0.5
-"""Cases whose confidence is below this are listed as "check these" (``--confidence-threshold``). Measured: see
-the README's uncertainty section."""
+DEFAULT_CONFIDENCE_THRESHOLD = 0.7
+"""Cases whose confidence is below this are listed as "check these" (``--confidence-threshold``). Measured
+2026-12-01: the ten real held-out cases of the 5-fold cpu-small cross-validation (``e1_classes``, mean Dice
+0.23-0.67, none well segmented) scored 0.574-0.706, nine of ten below 0.7; well-segmented phantoms (Dice
+0.84-0.87) of a phantom-trained cpu-small scored 0.886-0.893. A model-specific figure: set it per model."""
 
 CONFIDENCE_DEFINITION = (
-    "1 - mean normalised class entropy (H/log 4 of the TTA-averaged class probabilities) over the predicted tumour "
+    "1 - mean normalised class entropy (H/log 4 of the class probabilities, averaged over the flips with --tta) "
+    "over the predicted tumour "
     f"and every voxel with tumour probability >= {TUMOUR_PROBABILITY}, dilated by {RIM_VOXELS} voxels"
 )
 """One line saying what the confidence figure is (written into every sidecar and summary)."""
