@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, action="append", default=[],
                         help="a labelled case whose Dice the card records (regression test); repeatable")
     parser.add_argument("--full", action="store_true", help="keep float32 weights")
+    parser.add_argument("--inference-from", help="a preset whose inference section replaces the checkpoint's (when "
+                        "the recipe's postprocessing was chosen after this run was trained; the card's figures must "
+                        "come from a cross-validation with the same settings)")
     args = parser.parse_args()
 
 
@@ -41,6 +44,15 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     cv = json.loads(args.crossval.read_text())
+    if args.inference_from:
+        from agsevnet.config import load_config
+
+        inference = dict(load_config(args.inference_from)["inference"])
+        ckpt["inference"] = inference
+        ckpt["config"]["inference"] = inference
+    if cv.get("inference") and any(ckpt["inference"].get(k) != v for k, v in cv["inference"].items()):
+        raise SystemExit(f"the cross-validation used inference settings {cv['inference']}, the checkpoint carries "
+                         f"{ckpt['inference']}: the card's figures would not describe the model")
     patients = len(cv["rows"])
     card = {
         "summary": args.summary,
@@ -61,7 +73,7 @@ def main() -> None:
         b = half.predict_case(case).labels
         differ = int((a != b).sum())
         dice = dice_scores(b, case.label)
-        print(f"{case_dir.name}: float16 vs float32 weights differ on {differ} voxels "
+        print(f"{case_dir.name}: bundled ({'float32' if args.full else 'float16'}) vs original weights differ on {differ} voxels "
               f"({differ / max(1, int((a > 0).sum())):.2e} of the tumour); Dice "
               + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()))
         bundled["card"]["references"][case.case_id] = {k: float(v) for k, v in dice.items()}
