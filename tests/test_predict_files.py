@@ -60,7 +60,7 @@ def test_plain_modality_names_take_the_folder_name_and_need_labels(tmp_path, che
 
     assert run_cli(argv(checkpoint, out, files, "--labels", "brats2020")) == 0
     printed = capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["Patient7.nii.gz"]  # not "Flair.nii.gz"
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["Patient7.nii.gz"]  # not "Flair.nii.gz"
     assert "labels brats2020 (1 NCR/NET, 2 edema, 4 enhancing): all 1 written case(s)" in printed
     values = set(np.unique(np.asanyarray(nib.load(out / "Patient7.nii.gz").dataobj)).tolist())
     assert values <= set(allowed_values("brats2020"))
@@ -72,7 +72,7 @@ def test_brats_names_tell_the_case_and_the_convention(tmp_path, checkpoint, caps
                                            zip(MODALITIES, ("t2f", "t1n", "t1c", "t2w"))})
     out = tmp_path / "out"
     assert run_cli(argv(checkpoint, out, files)) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"{case}.nii.gz"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{case}.nii.gz"]
     assert "labels brats2023 (1 NCR, 2 edema, 3 enhancing): all 1 written case(s)" in capsys.readouterr().out
     # --labels overrides what the names say, and --case-id the name
     assert run_cli(argv(checkpoint, out, files, "--labels", "msd", "--case-id", "mine")) == 0
