@@ -352,15 +352,10 @@ def summarize_lesionwise(rows: Sequence[dict[str, float]]) -> dict[str, dict[str
             nan = float("nan")
             out[column] = {"Mean": nan, "StdDev": nan, "Median": nan, "25quantile": nan, "75quantile": nan, "n": 0}
             continue
+        from agsevnet.evaluate.summary import statistics
+
         with np.errstate(invalid="ignore"):  # inf - inf in the std of a column holding inf
-            out[column] = {
-                "Mean": float(values.mean()),
-                "StdDev": float(values.std()),
-                "Median": float(np.median(values)),
-                "25quantile": float(np.percentile(values, 25)),
-                "75quantile": float(np.percentile(values, 75)),
-                "n": int(values.size),
-            }
+            out[column] = statistics(values)
     return out
 
 

@@ -69,15 +69,20 @@ def summarize(rows: Iterable[Mapping[str, float]], columns: Iterable[str] = COLU
         values = np.asarray([float(row[column]) for row in rows], dtype=np.float64)
         if values.size == 0:
             raise ValueError("cannot summarise zero cases")
-        out[column] = {
-            "Mean": float(values.mean()),
-            "StdDev": float(values.std()),
-            "Median": float(np.median(values)),
-            "25quantile": float(np.percentile(values, 25)),
-            "75quantile": float(np.percentile(values, 75)),
-            "n": int(values.size),
-        }
+        out[column] = statistics(values)
     return out
+
+
+def statistics(values: np.ndarray) -> dict[str, float]:
+    """:data:`STATISTICS` of one column's values (and their count ``n``); the values must not be empty."""
+    return {
+        "Mean": float(values.mean()),
+        "StdDev": float(values.std()),
+        "Median": float(np.median(values)),
+        "25quantile": float(np.percentile(values, 25)),
+        "75quantile": float(np.percentile(values, 75)),
+        "n": int(values.size),
+    }
 
 
 def summary_path(csv_path: str | Path) -> Path:

@@ -195,20 +195,14 @@ def build_loss(cfg: Mapping[str, Any] | None = None) -> nn.Module:
     name = cfg.pop("name", "categorical_dice")
     if name not in LOSS_NAMES:
         raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    if name == "region_dice":
-        allowed = {"weights", "smooth", "bce_weight", "batch"}
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ConfigError(f"loss {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
-        try:
-            return RegionDiceLoss(**cfg)
-        except ValueError as exc:
-            raise ConfigError(f"invalid loss configuration: {exc}") from exc
-    allowed = {"weights", "smooth", "squared", "ce_weight"}
+    cls, allowed = {
+        "region_dice": (RegionDiceLoss, {"weights", "smooth", "bce_weight", "batch"}),
+        "categorical_dice": (CategoricalDiceLoss, {"weights", "smooth", "squared", "ce_weight"}),
+    }[name]
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ConfigError(f"loss {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
     try:
-        return CategoricalDiceLoss(**cfg)
+        return cls(**cfg)
     except ValueError as exc:
         raise ConfigError(f"invalid loss configuration: {exc}") from exc
