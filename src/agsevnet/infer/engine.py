@@ -291,9 +291,9 @@ def predict_probabilities(
 
     device = torch.device(device)
     precision = resolve_precision(amp, device)
-    if not isinstance(image, torch.Tensor) and not getattr(image, "flags", None) is None and not image.flags.writeable:
-        import numpy as np
+    import numpy as np
 
+    if isinstance(image, np.ndarray) and not image.flags.writeable:
         image = np.array(image)  # a read-only memory map: torch would warn about (not) writing into it
     x = torch.as_tensor(image)
     if x.ndim != 4:

@@ -408,10 +408,9 @@ class PredictSummary:
                      ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
             lines.append(f"  labels {what}: {shown}")
         lines += [f"  failed: {r.case_id}: {r.message}" for r in failed]
-        low = self.low_confidence()
-        if low:
-            lines.append(f"  check these ({len(low)} case(s) with confidence < {self.confidence_threshold:g}):")
-            lines += [f"    {r.case_id}: confidence {r.confidence:.3f}" for r in low]
+        from agsevnet.infer.shard import check_these
+
+        lines += check_these([(r.case_id, r.confidence) for r in self.low_confidence()], self.confidence_threshold)
         return "\n".join(lines)
 
 

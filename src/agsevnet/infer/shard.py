@@ -104,11 +104,17 @@ class MergedSummary:
             lines.append(f"  missing shard(s): {shown} (no summary: never run, still running, or stopped early; "
                          "rerun them with --shard)")
         lines += [f"  failed: {c['case_id']}: {c.get('message', '')}" for c in failed]
-        low = self.low_confidence()
-        if low:
-            lines.append(f"  check these ({len(low)} case(s) with confidence < {self.confidence_threshold:g}):")
-            lines += [f"    {c['case_id']}: confidence {c['confidence']:.3f}" for c in low]
+        lines += check_these([(c["case_id"], c["confidence"]) for c in self.low_confidence()],
+                             self.confidence_threshold)
         return "\n".join(lines)
+
+
+def check_these(low: Sequence[tuple[str, float]], threshold: float | None) -> list[str]:
+    """The "check these" lines of a summary: the cases (id, confidence) below the confidence threshold."""
+    if not low:
+        return []
+    return [f"  check these ({len(low)} case(s) with confidence < {threshold:g}):",
+            *(f"    {case_id}: confidence {confidence:.3f}" for case_id, confidence in low)]
 
 
 def read_summary(path: Path) -> dict[str, Any]:

@@ -366,11 +366,13 @@ class _ImageFinder:
         return None
 
 
-def _load_labels(path: str | None, convention: str | None) -> tuple[np.ndarray, Any] | None:
+def load_labels(path: str | None, convention: str | None, *, missing_ok: bool = False) -> tuple[np.ndarray, Any] | None:
+    """Internal labels and image of a label file an evaluation record names (None without a path or convention, or,
+    with ``missing_ok``, when the file is gone); DataError naming it when its values no longer fit the convention."""
     from agsevnet.data.labels import to_internal
     from agsevnet.data.nifti import load_volume
 
-    if not path or not convention:
+    if not path or not convention or (missing_ok and not Path(path).is_file()):
         return None
     data, img = load_volume(path)
     try:
@@ -383,8 +385,8 @@ def _overlay_png(case: Mapping[str, Any], finder: _ImageFinder, gt_root: Path | 
     from agsevnet.data.nifti import load_volume
     from agsevnet.report.figures import plot_case_overlay
 
-    gt = _load_labels(case.get("gt"), case.get("gt_labels"))
-    pred = _load_labels(case.get("pred"), case.get("pred_labels"))
+    gt = load_labels(case.get("gt"), case.get("gt_labels"))
+    pred = load_labels(case.get("pred"), case.get("pred_labels"))
     reference = gt or pred
     if reference is None:
         raise DataError(f"case {case['case']}: neither the ground truth nor the prediction can be read")
@@ -410,8 +412,8 @@ def _overlay_png(case: Mapping[str, Any], finder: _ImageFinder, gt_root: Path | 
 def _surface_png(case: Mapping[str, Any]) -> bytes:
     from agsevnet.report.figures import plot_surfaces_3d
 
-    gt = _load_labels(case.get("gt"), case.get("gt_labels"))
-    pred = _load_labels(case.get("pred"), case.get("pred_labels"))
+    gt = load_labels(case.get("gt"), case.get("gt_labels"))
+    pred = load_labels(case.get("pred"), case.get("pred_labels"))
     maps = {name: loaded[0] for name, loaded in (("ground truth", gt), ("prediction", pred)) if loaded is not None}
     affine = (gt or pred)[1].affine
     return _png(lambda out: plot_surfaces_3d(maps, affine, out, title=f"case {case['case']}"))

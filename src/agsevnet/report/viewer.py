@@ -89,19 +89,6 @@ def load_uncertainty(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0)
 
 
-def _labels(path: str | None, convention: str | None) -> tuple[np.ndarray, Any] | None:
-    from agsevnet.data.labels import to_internal
-    from agsevnet.data.nifti import load_volume
-
-    if not path or not convention or not Path(path).is_file():
-        return None
-    data, img = load_volume(path)
-    try:
-        return to_internal(data, convention), img
-    except ValueError as exc:  # the file changed since it was evaluated
-        raise DataError(str(exc), path) from None
-
-
 def load_case(case: Mapping[str, Any], images: Mapping[str, Any]) -> CaseVolumes:
     """The volumes of one case of an evaluation record (``case["gt"]``, ``case["pred"]`` and their label
     conventions, as ``agsevnet evaluate --json`` writes them), the images ``images`` (modality ->
@@ -110,8 +97,10 @@ def load_case(case: Mapping[str, Any], images: Mapping[str, Any]) -> CaseVolumes
     can be read."""
     from agsevnet.data.nifti import load_volume
 
-    gt = _labels(case.get("gt"), case.get("gt_labels"))
-    pred = _labels(case.get("pred"), case.get("pred_labels"))
+    from agsevnet.report.html import load_labels
+
+    gt = load_labels(case.get("gt"), case.get("gt_labels"), missing_ok=True)
+    pred = load_labels(case.get("pred"), case.get("pred_labels"), missing_ok=True)
     reference = gt or pred
     if reference is None:
         raise DataError(f"case {case['case']}: neither the ground truth nor the prediction can be read")

@@ -21,6 +21,7 @@ fold, the config) and the printed table.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,8 +37,6 @@ TABLE_METRICS: tuple[str, ...] = ("Dice", "Hausdorff95", "Sensitivity", "Specifi
 
 
 def _fold_done(run_dir: Path, steps: int) -> bool:
-    import json
-
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -45,9 +44,17 @@ def _fold_done(run_dir: Path, steps: int) -> bool:
     return int(summary.get("steps", 0)) >= steps and (run_dir / "best.pt").is_file()
 
 
+def _metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [k for k in rows[0] if k not in ("case", "fold")] if rows else []
+
+
 def _means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    keys = [k for k in rows[0] if k not in ("case", "fold")] if rows else []
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    return {k: float(np.mean([r[k] for r in rows])) for k in _metric_keys(rows)}
+
+
+def _stds(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Population standard deviation over patients, per metric."""
+    return {k: float(np.std([r[k] for r in rows])) for k in _metric_keys(rows)}
 
 
 def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | Path = "default",
@@ -89,8 +96,6 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
             train(data_dir, run, config=config if not resume else None, overrides=[*sets, f"validation.fold={k}"],
                   resume=resume, overwrite=not resume and run.exists(), device=device, cache_dir=cache,
                   progress=progress)
-        import json
-
         summary = json.loads((run / "summary.json").read_text())
         val_ids = list(summary["val_cases"])
         if summary.get("validated_on_training_cases"):
@@ -123,8 +128,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
     record = {
         "format": "agsevnet-crossval", "data": str(data_dir), "config": cfg, "folds": per_fold, "hd95_rule": hd95,
         "inference": inference,
-        "rows": rows, "mean": _means(rows) if rows else {},
-        "std": {key: float(np.std([r[key] for r in rows])) for key in (_means(rows) if rows else {})},
+        "rows": rows, "mean": _means(rows), "std": _stds(rows),
         "train_seconds_total": float(sum(f["train_seconds"] or 0 for f in per_fold.values())),
     }
     write_json_atomic(out_dir / "crossval.json", record)

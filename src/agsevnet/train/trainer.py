@@ -456,11 +456,9 @@ class Trainer:
     def _checkpoint(self, step: int, **extra: Any) -> dict:
         from agsevnet.checkpoint import make_checkpoint
 
-        from agsevnet.models.losses import loss_output
-
         return make_checkpoint(self.model, dict(self.cfg["model"]), self.cfg, step, preprocess=self.preprocess,
-                               patch_size=self.patch, metrics=dict(self.last_val or {}),
-                               inference=dict(self.cfg["inference"]), output=loss_output(self.cfg["loss"]), **extra)
+                               patch_size=self.patch, metrics=dict(self.last_val or {}), **self._checkpoint_header(),
+                               **extra)
 
     def save_last(self, step: int, elapsed: float) -> None:
         """Every rank: gather the RNG states; rank 0 writes ``last.pt`` atomically; then a barrier."""
@@ -497,6 +495,7 @@ class Trainer:
         )
 
     def _checkpoint_header(self) -> dict[str, Any]:
+        """What a checkpoint says about how to predict with it: the ``inference`` settings and the output kind."""
         from agsevnet.models.losses import loss_output
 
         return {"inference": dict(self.cfg["inference"]), "output": loss_output(self.cfg["loss"])}
