@@ -60,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
-            from agsevnet.data.phantom import write_phantom_dataset
+            from agsevnet.synth.phantom import write_phantom_dataset
 
             data = Path(tmp) / "phantoms"
             write_phantom_dataset(data, 4, seed=0, workers=2)

@@ -46,7 +46,7 @@ def test_unknown_model_name_is_a_clear_error(capsys, tmp_path):
 
 
 def test_predict_a_phantom_without_model_or_shared_data(tmp_path: Path):
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.infer.predictor import segment
 
     write_phantom_dataset(tmp_path / "data", 1, seed=5)

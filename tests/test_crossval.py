@@ -21,7 +21,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, Path, str]:
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("cv")
     write_phantom_dataset(root / "data", 4, seed=11, shape=(48, 48, 40))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from agsevnet.data.phantom import make_phantom
+from agsevnet.synth.phantom import make_phantom
 from agsevnet.infer.engine import FLIPS, choose_strategy, predict_probabilities, tta_flips
 from agsevnet.preprocess import brain_mask, crop, crop_box, normalize
 

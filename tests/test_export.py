@@ -139,7 +139,7 @@ def test_onnx_export_dynamic_sizes_and_regions_contract(onnx_export):
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_predict_backend_gives_the_torch_labels(onnx_export, backend, tmp_path, monkeypatch):
     pytest.importorskip(backend, reason=f"{backend} is not installed: pip install 'agsevnet[{'onnx' if backend == 'onnxruntime' else backend}]'")
-    from agsevnet.data.phantom import make_phantom
+    from agsevnet.synth.phantom import make_phantom
     from agsevnet.infer.backends import network_hash
     from agsevnet.infer.predictor import Predictor, segment
 

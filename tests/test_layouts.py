@@ -298,7 +298,7 @@ def test_discovery_order_is_deterministic(tmp_path):
 
 def test_phantoms_in_every_naming_are_discovered_and_load_identically(tmp_path):
     from agsevnet.data.io import load_case
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
 
     expected = {"brats2020": ("brats2020", "brats2020"), "brats2023": ("brats2023", "brats2023"),
                 "msd": ("msd", "msd"), "nnunet": ("nnunet", "msd")}  # conventions read from the dataset.json

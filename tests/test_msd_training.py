@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agsevnet.data.layouts import discover, labelled_cases
-from agsevnet.data.phantom import write_phantom_dataset
+from agsevnet.synth.phantom import write_phantom_dataset
 
 SHAPE = (32, 32, 32)
 TINY = [

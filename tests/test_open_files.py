@@ -22,7 +22,7 @@ SIDE = 12
 def _tiny_cache(tmp_path: Path) -> tuple[Path, Path]:
     """A phantom data folder of one case and a cache of ``N_CASES`` tiny cases written directly in the cache
     format (the meta of a really preprocessed case, with 12^3 arrays): seconds, not minutes."""
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.preprocess import build_cache
 
     data = tmp_path / "data"
@@ -91,7 +91,7 @@ def test_training_on_1200_cases_runs_with_256_open_files(tmp_path):
 def test_an_os_error_opening_a_cached_array_is_reported_as_such(tmp_path):
     """Too many open files: the message says so (and names the limit), it does not ask for a cache rebuild."""
     data, cache = tmp_path / "d", tmp_path / "c"
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.preprocess import build_cache
 
     write_phantom_dataset(data, 1, seed=3, shape=(32, 32, 32))

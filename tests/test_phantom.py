@@ -1,4 +1,4 @@
-"""The phantom generator (``agsevnet.data.phantom``) and ``agsevnet phantom``: determinism, geometry and
+"""The phantom generator (``agsevnet.synth.phantom``) and ``agsevnet phantom``: determinism, geometry and
 headers of the written files, label conventions of every layout, the nested tumour structure, per-modality
 contrasts, refusal to overwrite, and the command line. Small grids only (48x48x32)."""
 
@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from agsevnet.data.labels import allowed_values, to_internal
 from agsevnet.data.layouts import discover
-from agsevnet.data.phantom import (
+from agsevnet.synth.phantom import (
     BRATS_AFFINE,
     NAMINGS,
     TISSUES,

@@ -14,7 +14,7 @@ from torch import nn
 from agsevnet import MODALITIES
 from agsevnet.checkpoint import make_checkpoint, save_checkpoint
 from agsevnet.data.labels import allowed_values, from_internal, to_internal
-from agsevnet.data.phantom import make_phantom, write_phantom_dataset
+from agsevnet.synth.phantom import make_phantom, write_phantom_dataset
 from agsevnet.infer.postprocess import relabel_small_enhancing
 from agsevnet.infer.predictor import Predictor, predict, segment
 from agsevnet.preprocess import brain_mask, crop_box, normalize

@@ -14,7 +14,7 @@ import torch
 from agsevnet import MODALITIES
 from agsevnet.checkpoint import make_checkpoint, save_checkpoint
 from agsevnet.data.labels import allowed_values
-from agsevnet.data.phantom import make_phantom
+from agsevnet.synth.phantom import make_phantom
 from helpers import run_cli
 
 SHAPE = (32, 32, 24)

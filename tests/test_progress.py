@@ -53,7 +53,7 @@ def test_a_terminal_gets_a_tqdm_bar():
 
 def test_preprocess_and_training_progress_in_a_log_are_whole_lines(tmp_path, capsys):
     from agsevnet.config import load_config
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.preprocess import update_cache
     from agsevnet.train.trainer import train
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agsevnet.data.case import Case, CaseSpec
-from agsevnet.data.phantom import make_phantom, phantom_geometry
+from agsevnet.synth.phantom import make_phantom, phantom_geometry
 from agsevnet.errors import ConfigError
 from agsevnet.preprocess import (
     build_cache,
@@ -77,7 +77,7 @@ def test_preprocess_at_2mm_keeps_the_native_labels():
 
 
 def test_cache_at_2mm_round_trip(tmp_path: Path):
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
 
     write_phantom_dataset(tmp_path / "data", 2, seed=1, shape=(48, 48, 32))
     ids = build_cache(tmp_path / "data", tmp_path / "cache", spacing=(2.0, 2.0, 2.0), progress=False, workers=1)

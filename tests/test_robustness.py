@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from agsevnet import REGIONS
-from agsevnet.data.phantom import make_phantom, write_phantom_dataset
+from agsevnet.synth.phantom import make_phantom, write_phantom_dataset
 from agsevnet.errors import OutputExistsError
 from agsevnet.infer.predictor import Predictor
 from agsevnet.preprocess import brain_mask, normalize

@@ -79,7 +79,7 @@ def _predictor() -> Predictor:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("shard") / "data"
     write_phantom_dataset(root, 6, seed=3, shape=(24, 24, 24))

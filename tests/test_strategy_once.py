@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from agsevnet.data.case import Case, CaseSpec, Geometry
-from agsevnet.data.phantom import make_phantom
+from agsevnet.synth.phantom import make_phantom
 from agsevnet.infer import engine
 from agsevnet.infer.predictor import Predictor
 

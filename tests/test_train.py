@@ -33,7 +33,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     write_phantom_dataset(root / "data", 3, seed=7, shape=(32, 32, 32))
@@ -247,7 +247,7 @@ def test_cpu_small_learns_phantoms(tmp_path):
     from agsevnet.checkpoint import model_from_checkpoint
     from agsevnet.data.io import load_case
     from agsevnet.data.layouts import discover
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.evaluate.metrics import dice_scores
     from agsevnet.infer.engine import predict_probabilities
     from agsevnet.preprocess import preprocess_case

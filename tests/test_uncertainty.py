@@ -29,7 +29,7 @@ TRAIN = ["train.steps=250", "validation.every=0", "validation.fold=all", "train.
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint of cpu-small trained 250 steps on 4 phantoms, a dataset of 2 held-out phantoms)."""
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.train.trainer import train
 
     root = tmp_path_factory.mktemp("uncertainty")
@@ -176,7 +176,7 @@ def test_region_model_uncertainty_is_the_entropy_of_the_derived_classes():
     from torch import nn
 
     from agsevnet.data.case import CaseSpec, Geometry
-    from agsevnet.data.phantom import make_phantom
+    from agsevnet.synth.phantom import make_phantom
 
     class Regions(nn.Module):  # WT/TC/ET logits from the FLAIR: a known function
         def forward(self, x: torch.Tensor) -> torch.Tensor:

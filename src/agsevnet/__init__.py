@@ -1,7 +1,8 @@
 """agsevnet: AGSE-VNet brain-tumour segmentation of multi-modal MRI (BraTS).
 
 Pipeline (data flows one way):
-    data (read, check, phantoms) -> preprocess -> train | infer -> evaluate -> report
+    data (read, check) -> preprocess -> train | infer -> evaluate -> report
+    synth (synthetic phantoms for the demo and the tests) stands outside this flow.
 """
 
 __version__ = "0.1.0"

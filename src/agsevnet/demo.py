@@ -3,7 +3,7 @@
 Stages (each timed; progress bars throughout):
 
 1. **phantoms**: labelled training phantoms and held-out phantoms (another seed) in the BraTS 2020 layout
-   (:func:`agsevnet.data.phantom.write_phantom_dataset`) under ``DIR/data/train`` and ``DIR/data/test``;
+   (:func:`agsevnet.synth.phantom.write_phantom_dataset`) under ``DIR/data/train`` and ``DIR/data/test``;
 2. **training**: the ``cpu-small`` preset (:func:`agsevnet.train.trainer.train`) on the training phantoms into
    ``DIR/run``, for a wall-clock budget of ``minutes``: the first ``optim.warmup_steps`` steps (whose learning
    rate does not depend on the run's length) measure this machine's speed, the step count that fits the rest
@@ -172,7 +172,7 @@ def run_demo(
     :class:`OutputExistsError` for a non-empty ``out_dir`` without ``overwrite`` (see :func:`prepare_out_dir`),
     :class:`ConfigError` for bad settings.
     """
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.evaluate.runner import evaluate
     from agsevnet.evaluate.summary import evaluation_record, write_outputs
     from agsevnet.infer.predictor import predict

@@ -1,4 +1,4 @@
-"""``agsevnet phantom OUT_DIR``: write synthetic BraTS-like cases (see :mod:`agsevnet.data.phantom`)."""
+"""``agsevnet phantom OUT_DIR``: write synthetic BraTS-like cases (see :mod:`agsevnet.synth.phantom`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def phantom_command(
     ),
 ) -> None:
     """Write synthetic BraTS-like cases: a brain with one or two gliomas in FLAIR, T1, T1ce and T2, with labels."""
-    from agsevnet.data.phantom import write_phantom_dataset
+    from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.parallel import worker_count
 
     files = write_phantom_dataset(

@@ -1,1 +1,1 @@
-"""Reading datasets: layouts, NIfTI I/O, label conventions, integrity checks, phantoms."""
+"""Reading datasets: layouts, NIfTI I/O, label conventions, integrity checks (phantoms: :mod:`agsevnet.synth`)."""

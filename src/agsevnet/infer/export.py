@@ -259,7 +259,7 @@ def contract(ckpt: Mapping[str, Any], fmt: str, model_file: str | Path, source: 
 def check_inputs(divisor: int, in_channels: int = 4, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """Inputs of the export check: a standard-normal image and a brain-normalised phantom, each at the two sizes
     of :func:`check_shapes`."""
-    from agsevnet.data.phantom import make_phantom
+    from agsevnet.synth.phantom import make_phantom
     from agsevnet.preprocess import normalize
 
     rng = np.random.default_rng(seed)
