@@ -14,6 +14,7 @@ from torch import nn
 from agsevnet import MODALITIES
 from agsevnet.checkpoint import make_checkpoint, save_checkpoint
 from agsevnet.data.labels import allowed_values, from_internal, to_internal
+from agsevnet.errors import ConfigError
 from agsevnet.synth.phantom import make_phantom, write_phantom_dataset
 from agsevnet.infer.postprocess import relabel_small_enhancing
 from agsevnet.infer.predictor import Predictor, predict, segment
@@ -93,6 +94,57 @@ def test_segment_arrays_gives_the_known_labels_on_the_input_grid():
     np.testing.assert_array_equal(as_2020, from_internal(expected, "brats2020"))
     assert prob.shape == (4, *SHAPE) and prob.dtype == np.float32
     np.testing.assert_array_equal(prob.argmax(0), expected)
+
+
+class ShapeRecorder(IntensityOracle):
+    """IntensityOracle that records the spatial shape of every input it is given: the grid the network saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[2:]))
+        return super().forward(x)
+
+
+def test_segment_resamples_from_the_given_spacing():
+    """A model that works at 2 mm is given a phantom averaged to 2 mm. With ``spacing=(2, 2, 2)`` it sees the
+    array's own grid (nothing to resample) and its labels are the oracle's on that grid exactly; with the 1 mm
+    default it sees the anatomy at half the size (a 4 mm grid) and the labels differ. The spacing applies per
+    axis in array order."""
+    from agsevnet.preprocess import resample_image
+
+    fine, _ = make_phantom(5, (64, 64, 48))
+    images = resample_image(fine, (32, 32, 24))  # the same anatomy averaged to 2 mm voxels
+    preprocess = {**PREPROCESS, "spacing": [2.0, 2.0, 2.0]}
+    crop = tuple(b - a for a, b in crop_box(brain_mask(images), PREPROCESS["margin"]))
+    expected = oracle_labels(images, PREPROCESS["margin"])
+
+    def run(**spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple[int, ...]]:
+        model = ShapeRecorder()
+        labels = segment(images, model, preprocess=preprocess, strategy="whole", divisor=1, precision="fp32",
+                         **spacing)
+        assert labels.shape == images.shape[1:] and len(set(model.shapes)) == 1
+        return labels, model.shapes[0]
+
+    labels, seen = run(spacing=(2, 2, 2))
+    assert seen == crop
+    np.testing.assert_array_equal(labels, expected)
+    default, seen = run()
+    assert seen == tuple(round(n / 2) for n in crop)  # taken for 1 mm: shrunk to a 4 mm grid
+    wrong = int((default != expected).sum())
+    assert wrong > 0.1 * int((expected > 0).sum()), wrong  # measured: 19% of the oracle's non-zero voxels
+    _, seen = run(spacing=(4.0, 2.0, 1.0))  # x at 4 mm is upsampled, z at 1 mm shrunk
+    assert seen == (2 * crop[0], crop[1], round(crop[2] / 2))
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0), (2.0, 0.0, 2.0), (1.0, -1.0, 1.0), (1.0, float("nan"), 1.0),
+                                     ("a", 1, 1), None, 2.0])
+def test_segment_rejects_a_bad_spacing(spacing):
+    images = np.ones((4, 8, 8, 8), np.float32)
+    with pytest.raises(ConfigError, match="spacing must be three positive numbers"):
+        segment(images, IntensityOracle(), preprocess=PREPROCESS, strategy="whole", divisor=1, spacing=spacing)
 
 
 def test_segment_from_a_checkpoint_with_sliding_and_tta(checkpoint):
