@@ -332,11 +332,11 @@ def segment(
         raise ValueError(f"images must be (4, X, Y, Z) in {'/'.join(MODALITIES)} order, got shape {images.shape}")
     if convention is not None and convention not in CONVENTIONS:
         raise ValueError(f"unknown label convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    zooms = _check_voxel_size(spacing)  # before a model is loaded
     if checkpoint_or_model is None or isinstance(checkpoint_or_model, str):
         from agsevnet.infer.bundled import resolve_model
 
         checkpoint_or_model = resolve_model(checkpoint_or_model)
-    zooms = _check_voxel_size(spacing)
     predictor = _as_predictor(checkpoint_or_model, options)
     # Only the zooms matter (preprocess_case resamples from them); the labels come back on the array's own voxels.
     grid = np.diag([*zooms, 1.0])
