@@ -183,21 +183,31 @@ def resampled_shape(shape: Sequence[int], zooms: Sequence[float], spacing: Seque
 
 
 def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """``image`` ``(C, X, Y, Z)`` on a grid of ``shape`` (float32): area averaging where it shrinks
-    (``adaptive_avg_pool3d``: every coarse voxel is the mean of the fine voxels it covers, so no detail is aliased
-    and a 2 mm voxel is what a 2 mm scan would measure), trilinear interpolation where it grows."""
+    """``image`` ``(C, X, Y, Z)`` on a grid of ``shape`` (float32), axis by axis: area averaging along every axis
+    that shrinks (``adaptive_avg_pool3d``: every coarse voxel is the mean of the fine voxels it covers, so no detail
+    is aliased and a 2 mm voxel is what a 2 mm scan would measure), then linear interpolation along every axis that
+    grows. Both at once when one axis shrinks and another grows (thick slices: 0.5 x 0.5 x 5 mm to 2 mm), so that
+    the in-plane detail is averaged, not sampled (``_shrink_then_grow``)."""
     import torch
-    import torch.nn.functional as F
 
     shape = tuple(int(s) for s in shape)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     if tuple(x.shape[2:]) == shape:
         return x[0].numpy()
-    if all(t <= s for t, s in zip(shape, x.shape[2:])):
-        out = F.adaptive_avg_pool3d(x, shape)
-    else:
-        out = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
-    return out[0].numpy()
+    return _shrink_then_grow(x, shape)[0].numpy()
+
+
+def _shrink_then_grow(x: Any, shape: tuple[int, int, int]) -> Any:
+    """``x`` ``(N, C, X, Y, Z)`` onto ``shape``: area averaging on the axes that shrink, then trilinear interpolation
+    (``align_corners=False``, which leaves an axis of unchanged size exactly as it is) on the axes that grow."""
+    import torch.nn.functional as F
+
+    between = tuple(min(int(t), int(s)) for t, s in zip(shape, x.shape[2:]))
+    if between != tuple(x.shape[2:]):
+        x = F.adaptive_avg_pool3d(x, between)
+    if between != shape:
+        x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
+    return x
 
 
 def resample_labels(label: np.ndarray, shape: Sequence[int], num_classes: int = 4) -> np.ndarray:
