@@ -111,6 +111,73 @@ def test_prediction_from_a_coarse_model_lands_on_the_input_grid(one_thread):
     np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-4)
 
 
+def test_back_to_the_native_grid_keeps_each_value_in_place():
+    """A hot coarse voxel lands on the fine voxels it covers, on every axis (a mirrored or transposed
+    resampling puts it elsewhere)."""
+    import torch
+
+    coarse = torch.zeros(2, 4, 5, 6)
+    coarse[1, 0, 3, 1] = 1.0  # off-centre on every axis
+    fine = resample_to_shape(coarse, (8, 10, 12))
+    peak = np.unravel_index(int(torch.argmax(fine[1])), (8, 10, 12))
+    assert tuple(int(i) // 2 for i in peak) == (0, 3, 1)
+    assert float(fine[0].abs().max()) == 0.0
+
+
+def _bright_is_enhancing():
+    """Stand-in network: enhancing tumour wherever the normalised FLAIR is above 1, background elsewhere; it
+    records the spatial shape of each input (``.shapes``: the grid it was given)."""
+    import torch
+    from torch import nn
+
+    class BrightIsEnhancing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[tuple[int, ...]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.shapes.append(tuple(x.shape[2:]))
+            f = x[:, :1]
+            low = torch.full_like(f, -10.0)
+            return torch.cat([torch.zeros_like(f), low, low, 10 * (f - 1)], dim=1)
+
+    return BrightIsEnhancing()
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (3.0, 2.0, 1.5)])
+def test_coarse_prediction_comes_back_in_place(spacing, one_thread):
+    """An asymmetric pattern predicted on a coarse grid comes back at the same place on the input grid: a bright
+    cube off-centre on every axis, which a network stand-in labels enhancing, must be found where it is (Dice,
+    centre of mass) after the probabilities are resampled back (:meth:`Predictor.labels_on_crop`). A resampling
+    that mirrored any axis would put it in the opposite corner of the crop (Dice 0)."""
+    from agsevnet.data.case import Geometry
+    from agsevnet.infer.predictor import Predictor
+
+    shape = (40, 36, 28)
+    images = np.zeros((4, *shape), np.float32)
+    images[:, 4:36, 4:32, 4:24] = 100.0  # the brain: the crop (margin 2) is [2:38, 2:34, 2:26]
+    cube = np.zeros(shape, bool)
+    cube[8:16, 10:18, 6:12] = True  # crop coordinates [6:14, 8:16, 4:10]; mirrored: [22:30, 16:24, 14:20]
+    images[0][cube] = 400.0
+    eye = np.eye(4)
+    geometry = Geometry(shape=shape, affine=eye, qform=eye, qform_code=0, sform=eye, sform_code=0,
+                        zooms=(1.0, 1.0, 1.0))
+    case = Case(CaseSpec("asym", "files", {}, None, "brats2020"), images, None, geometry)
+    model = _bright_is_enhancing()
+    predictor = Predictor(model, preprocess={"normalization": "brain", "margin": 2, "dtype": "float32",
+                                             "spacing": list(spacing)},
+                          strategy="whole", divisor=1, precision="fp32", channels_last=False)
+    result = predictor.predict_case(case, with_probabilities=True)
+    assert model.shapes == [resampled_shape((36, 32, 24), (1, 1, 1), spacing)]  # it did go through a coarse grid
+    found = result.labels == 3
+    assert set(np.unique(result.labels)) == {0, 3}
+    dice = 2 * int((found & cube).sum()) / (int(found.sum()) + int(cube.sum()))
+    assert dice > 0.75, dice  # measured: 0.989 at (2, 2, 2), 0.829 at (3, 2, 1.5); mirrored: 0
+    np.testing.assert_allclose(np.argwhere(found).mean(0), np.argwhere(cube).mean(0), atol=1.0)
+    prob = result.probabilities[3]
+    np.testing.assert_allclose(np.argwhere(prob > 0.5).mean(0), np.argwhere(cube).mean(0), atol=1.0)
+
+
 def test_identical_scans_count_as_one_patient(tmp_path: Path):
     from agsevnet.preprocess import _write_cached
     from agsevnet.train.trainer import unique_patients
