@@ -50,7 +50,7 @@ def _root(
 
 # Register the commands (each module adds its own to `app`).
 # in the order `agsevnet --help` lists them: the main job first, then the pipeline
-from agsevnet.cli import demo, phantom, check, preprocess, model, train, crossval, predict, export, models, evaluate, robustness  # noqa: E402,F401,I001
+from agsevnet.cli import demo, phantom, prepare, check, preprocess, model, train, crossval, predict, export, models, evaluate, robustness  # noqa: E402,F401,I001
 
 
 def main(argv: list[str] | None = None) -> None:

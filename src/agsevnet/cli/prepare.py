@@ -1,0 +1,46 @@
+"""``agsevnet prepare``: scans as they come from the scanner -> a BraTS-conformant case (see
+:mod:`agsevnet.prepare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from agsevnet.cli import app
+
+
+@app.command("prepare")
+def prepare_command(
+    input_path: Path | None = typer.Argument(None, metavar="INPUT", help="One patient's folder with its four "
+                                             "sequences (NIfTI in any orientation and voxel size; the sequence of "
+                                             "each file is found from its name)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<case>/<case>_{flair,t1,t1ce,t2}.nii.gz "
+                             "on the BraTS grid, prepare.json, prepare.png."),
+    flair: Path | None = typer.Option(None, "--flair", help="The FLAIR file (where the names do not tell)."),
+    t1: Path | None = typer.Option(None, "--t1", help="The T1 (pre-contrast) file."),
+    t1ce: Path | None = typer.Option(None, "--t1ce", help="The T1 post-contrast file (the reference sequence)."),
+    t2: Path | None = typer.Option(None, "--t2", help="The T2 file."),
+    case_id: str | None = typer.Option(None, "--case-id", help="The case's name (default: INPUT's folder name)."),
+    bias_correction: bool = typer.Option(False, "--bias-correction", help="N4 bias-field correction of each "
+                                         "sequence first (off by default: see the README's measurements)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo a case already prepared."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
+) -> None:
+    """Co-register, bring onto the SRI24/BraTS grid (240x240x155, 1 mm), skull-strip: the input of every other
+    command, from the scanner's files.
+
+    Example: agsevnet prepare PatientFolder/ --out prepared; then agsevnet predict prepared --out preds
+    (or in one step: agsevnet predict PatientFolder/ --prepare --out preds).
+    """
+    import os
+
+    from agsevnet.cli.runtime import tune_cpu_runtime
+    from agsevnet.prepare.pipeline import prepare
+
+    tune_cpu_runtime(all_threads="OMP_NUM_THREADS" not in os.environ)  # an explicit thread count wins
+    log = None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True))
+    result = prepare(input_path, out, files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}, case_id=case_id,
+                     overwrite=overwrite, bias_correction=bias_correction, log=log)
+    typer.echo(result.line)
+    typer.echo(f"written: {result.case_dir} (prepare.json: transforms and checks; prepare.png: a picture to look at)")

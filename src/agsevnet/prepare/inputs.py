@@ -1,0 +1,127 @@
+"""INPUT -> four images: a folder of NIfTI files (sequences found from their names, :mod:`.sequences`), explicit
+``--flair --t1 --t1ce --t2`` files, or DICOM series (read by :mod:`.dicom` where present)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agsevnet import MODALITIES
+from agsevnet.errors import DataError
+from agsevnet.prepare.sequences import assign, is_nifti
+
+
+@dataclass
+class SourceImage:
+    """One sequence as it came: its nibabel image (any orientation and voxel size) and where it came from."""
+
+    modality: str
+    image: Any  # nibabel.Nifti1Image
+    source: dict[str, Any] = field(default_factory=dict)  # {"path": ...} or DICOM series attributes
+
+    @property
+    def data(self) -> np.ndarray:
+        arr = np.asarray(self.image.dataobj, dtype=np.float32)
+        while arr.ndim > 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 3:
+            raise DataError(f"expected a 3D image, got shape {arr.shape}", self.source.get("path"))
+        return np.nan_to_num(arr)
+
+    def describe(self) -> dict[str, Any]:
+        import nibabel as nib
+
+        return {**self.source, "shape": [int(v) for v in self.image.shape[:3]],
+                "zooms": [round(float(v), 4) for v in self.image.header.get_zooms()[:3]],
+                "affine": [[round(float(v), 6) for v in row] for row in self.image.affine],
+                "orientation": "".join(nib.aff2axcodes(self.image.affine))}
+
+
+def case_name(path: Path) -> str:
+    """A case id from a folder or file name: letters, digits, '-', '_' and '.'."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "case"
+
+
+def _load_nifti(modality: str, path: Path) -> SourceImage:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        img.header.get_zooms()
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a file the user must look at
+        raise DataError(f"cannot read as NIfTI: {exc}", path) from None
+    return SourceImage(modality, img, {"path": str(path.resolve()), "format": "nifti"})
+
+
+def _has_dicom(folder: Path) -> bool:
+    for p in folder.rglob("*"):
+        if p.is_file() and (p.suffix.lower() == ".dcm" or _dicom_magic(p)):
+            return True
+    return False
+
+
+def _dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_inputs(input_path: str | Path | None, files: Mapping[str, str | Path | None] | None = None,
+                case_id: str | None = None) -> tuple[str, dict[str, SourceImage]]:
+    """``(case id, {modality: SourceImage})`` of one patient: ``input_path`` a folder (NIfTI files, or DICOM
+    series) and/or ``files`` (modality -> file) that settle or replace what the names say."""
+    files = {m: Path(v) for m, v in (files or {}).items() if v is not None}
+    for m, p in files.items():
+        if m not in MODALITIES:
+            raise DataError(f"unknown sequence {m!r} (one of {', '.join(MODALITIES)})")
+        if not p.is_file():
+            raise DataError("no such file", p)
+    chosen: dict[str, SourceImage] = {m: _load_nifti(m, p) for m, p in files.items()}
+    folder = Path(input_path) if input_path is not None else None
+    if len(chosen) < len(MODALITIES):
+        if folder is None:
+            missing = [m for m in MODALITIES if m not in chosen]
+            raise DataError(f"give INPUT (a folder) or all four of --flair --t1 --t1ce --t2 (missing: "
+                            f"{', '.join('--' + m for m in missing)})")
+        if not folder.exists():
+            raise DataError("no such file or folder", folder)
+        if folder.is_file():
+            raise DataError("INPUT is one file: give the patient's folder, or the four files with --flair --t1 "
+                            "--t1ce --t2", folder)
+        niftis = sorted(p for p in folder.iterdir() if is_nifti(p))
+        if niftis:
+            names = assign([p.name for p in niftis], chosen, folder)
+            by_name = {p.name: p for p in niftis}
+            for m, name in names.items():
+                chosen[m] = _load_nifti(m, by_name[name])
+        elif _has_dicom(folder):
+            chosen.update(_read_dicom(folder, chosen))
+        else:
+            raise DataError("no NIfTI files (.nii, .nii.gz) or DICOM series found", folder)
+    name = case_id or case_name(folder if folder is not None else Path(files["t1ce"]))
+    return name, {m: chosen[m] for m in MODALITIES}
+
+
+def _read_dicom(folder: Path, chosen: Mapping[str, SourceImage]) -> dict[str, SourceImage]:
+    """The DICOM series of ``folder`` as images (:mod:`agsevnet.prepare.dicom`, with ``agsevnet[prepare]``)."""
+    try:
+        from agsevnet.prepare import dicom
+    except ImportError:
+        raise DataError("this folder holds DICOM files; reading DICOM series needs agsevnet.prepare.dicom, "
+                        "which this installation lacks: convert them to NIfTI (dcm2niix) first", folder) from None
+    if not hasattr(dicom, "read_sequences"):
+        raise DataError("this folder holds DICOM files; this version reads NIfTI only: convert them to NIfTI "
+                        "(dcm2niix) first", folder)
+    return dicom.read_sequences(folder, given=chosen)
