@@ -3,7 +3,8 @@
 "check these" list, evaluate ignoring the maps, the report's viewer showing them.
 
 A small cpu-small model is trained on phantoms once per module (a few hundred steps) so that the figure is that of
-a model that segments; it must fall when the input is degraded (noise, a missing contrast)."""
+a model that segments; it must fall when the input is heavily degraded (blurred: the degradation that lowered it
+by a clear margin whatever the training run; see that test)."""
 
 from __future__ import annotations
 
@@ -82,37 +83,30 @@ def _confidence(predictor: Predictor, case: Case) -> float:
 
 
 def test_confidence_falls_when_the_phantom_is_degraded(trained):
-    """Heavy noise (3x the brain's intensity spread) and a missing FLAIR or T2 (set to 0, as a broken conversion
-    leaves it) lower the figure. Measured with this fixture (2026-12-01, shared 2-core EPYC): clean 0.893 / 0.886,
-    noise 0.870 / 0.868, no FLAIR 0.850 / 0.854, no T2 0.858 / 0.857 (on a fresh CI install: clean 0.864 / 0.854,
-    noise 0.849 / 0.847). Not asserted for a missing T1ce, as it does not hold well: a
-    missing T1ce halves the Dice (0.87 -> 0.51) but lowers the figure by only 0.005-0.011; the model is confidently
-    wrong there (enhancing tumour taken for necrosis), which entropy cannot see."""
+    """Heavy blurring (a Gaussian of sigma 3 voxels on every contrast, the brain's outline kept: a scan of about
+    7 mm resolution) lowers the figure of every case by a clear margin, whichever way the fixture's training run
+    happens to go on this machine and these library versions.
+
+    Measured 2026-12 with this fixture trained under six seeds (0-5), two phantoms each: blurring lowered the
+    figure by 0.033-0.110 in all twelve (seed 0, the fixture's: 0.037 / 0.033), so ``> 0.015`` holds with a
+    margin.
+    What this test asserted before did not hold: heavy noise (3x the brain's intensity spread) raised the figure
+    in three of six (seeds 0-2), and a missing FLAIR or T2 lowered it by between -0.004 (a rise) and 0.043 (a
+    fresh clone failed on "no FLAIR" 0.861368 against clean 0.861051). Entropy does not see a model that is
+    confidently wrong: blur and noise together left one phantom at WT Dice 0.07 with the figure at 0.89, above
+    its clean 0.88 (earlier: a missing T1ce halved the Dice and lowered the figure by only 0.005-0.011)."""
+    from scipy import ndimage
+
     ckpt, test = trained
     predictor = Predictor.from_checkpoint(ckpt, precision="fp32")
-    drops: dict[str, list[float]] = {}
     for spec in discover(test):
         case = load_case(spec, with_label=False)
         clean = _confidence(predictor, case)
         brain = case.images > 0
-        rng = np.random.default_rng(1)
-        noisy = case.images.copy()
-        for c in range(noisy.shape[0]):
-            std = float(noisy[c][brain[c]].std())
-            noisy[c][brain[c]] += rng.normal(0, 3.0 * std, int(brain[c].sum())).astype(np.float32)
-        degraded = {"noise": Case(case.spec, noisy, None, case.geometry)}
-        for channel, name in ((0, "no FLAIR"), (3, "no T2")):
-            missing = case.images.copy()
-            missing[channel] = 0
-            degraded[name] = Case(case.spec, missing, None, case.geometry)
-        figures = {name: _confidence(predictor, c) for name, c in degraded.items()}
-        print(spec.case_id, f"clean {clean:.3f}", {k: round(v, 3) for k, v in figures.items()})
-        for name, value in figures.items():
-            assert value < clean, (spec.case_id, name, clean, value)
-            drops.setdefault(name, []).append(clean - value)
-    # The model (trained in the fixture) differs a little between machines and library versions: on a fresh CI
-    # install one drop was only 0.007, so the size is asserted on the mean over phantoms and degradations.
-    assert float(np.mean([d for ds in drops.values() for d in ds])) > 0.008, drops  # measured: 0.014 on CI, 0.03 here
+        blurred = np.stack([ndimage.gaussian_filter(image, 3.0) * inside for image, inside in zip(case.images, brain)])
+        value = _confidence(predictor, Case(case.spec, blurred.astype(np.float32), None, case.geometry))
+        print(spec.case_id, f"clean {clean:.3f} blurred {value:.3f}")
+        assert clean - value > 0.015, (spec.case_id, clean, value)
 
 
 def test_predict_save_uncertainty_end_to_end(trained, tmp_path, capsys):
