@@ -39,8 +39,20 @@ def phantom_command(
         None, "--workers", "-j", min=1, help="Worker processes (default: one per CPU, at most one per case).",
         show_default=False,
     ),
+    head: bool = typer.Option(
+        False, "--head", help="A head round the brain (CSF, skull, scalp, noisy air), as before brain extraction. "
+        "Written to OUT_DIR/raw/<case>/, the skull-stripped truth, labels and brain mask to OUT_DIR/truth/<case>/."),
+    clinical: bool = typer.Option(
+        False, "--clinical", help="Each sequence acquired as a scanner would: its own rigid pose (see --max-rotation,"
+        " --max-shift), matrix and thick axial slices (--voxel-size); correct affines. Written as with --head "
+        "(OUT_DIR/raw, OUT_DIR/truth with the labels on the T1ce grid and acquisition.json). Usually with --head."),
+    max_rotation: float = typer.Option(12.0, "--max-rotation", min=0, help="--clinical: largest rotation (degrees)."),
+    max_shift: float = typer.Option(15.0, "--max-shift", min=0, help="--clinical: largest shift (mm)."),
+    voxel_size: tuple[float, float, float] = typer.Option(
+        (0.9, 0.9, 5.0), "--voxel-size", help="--clinical: voxel size X Y Z in mm (Z: slice spacing)."),
 ) -> None:
-    """Write synthetic BraTS-like cases: a brain with one or two gliomas in FLAIR, T1, T1ce and T2, with labels."""
+    """Write synthetic BraTS-like cases: a brain with one or two gliomas in FLAIR, T1, T1ce and T2, with labels
+    (or, with --head / --clinical, scans as they come from the scanner, with their ground truth)."""
     from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.parallel import worker_count
 
@@ -54,9 +66,18 @@ def phantom_command(
         overwrite=overwrite,
         workers=workers or worker_count(cases),
         progress=True,
+        head=head,
+        clinical=clinical,
+        max_rotation_deg=max_rotation,
+        max_shift_mm=max_shift,
+        voxel_size=voxel_size,
     )
     labels = "without labels" if no_labels else "with labels"
+    kind = " with a head" if head else ""
+    kind += (f", each sequence acquired at {'x'.join(f'{v:g}' for v in voxel_size)} mm (up to {max_rotation:g} deg, "
+             f"{max_shift:g} mm)") if clinical else ""
+    where = f"{out_dir / 'raw'} (truth in {out_dir / 'truth'})" if head or clinical else str(out_dir)
     typer.echo(
-        f"wrote {cases} phantom case(s) {labels} ({naming.value} layout, {'x'.join(map(str, shape))}, "
-        f"seed {seed}): {len(files)} files in {out_dir}"
+        f"wrote {cases} phantom case(s){kind} {labels} ({naming.value} layout, {'x'.join(map(str, shape))}, "
+        f"seed {seed}): {len(files)} files in {where}"
     )

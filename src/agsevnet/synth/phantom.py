@@ -8,7 +8,10 @@ gliomas: an irregular necrotic core inside an enhancing rim inside edema, someti
 solid parts. Each of the four modalities (FLAIR, T1, T1ce, T2) has its own tissue contrasts (as in real
 scans: edema bright on FLAIR and T2, the rim bright on T1ce, the core dark on T1 and T1ce, CSF dark on FLAIR
 and bright on T2, WM brighter than GM on T1), intensity scale (int16 range of the real files), smooth
-multiplicative bias field and Rician noise. Intensities are exact zeros outside the brain.
+multiplicative bias field and Rician noise. Intensities are exact zeros outside the brain, unless
+``head=True`` wraps the brain in a head (:mod:`agsevnet.synth.head`); :mod:`agsevnet.synth.acquisition`
+acquires each sequence on its own tilted, thick-sliced grid as a scanner would (``write_phantom_dataset(...,
+clinical=True)``).
 
 Everything is generated in a physical frame (millimetres of a 240x240x155 volume), so ``shape`` scales the
 whole brain: a 64^3 phantom is a small brain with the same structure. Smooth random fields are made in the
@@ -38,6 +41,7 @@ from agsevnet.data.labels import from_internal
 from agsevnet.data.nifti import save_labels, save_nifti
 from agsevnet.errors import ConfigError, OutputExistsError
 from agsevnet.fsutil import write_json_atomic
+from agsevnet.synth.acquisition import CLINICAL_VOXEL_SIZE, AcquiredSequence, acquire_case, acquire_labels
 
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 """The BraTS grid (1 mm isotropic)."""
@@ -65,10 +69,16 @@ TISSUES: dict[str, int] = {
     "non_enhancing": _NONENH,
     "enhancing": _ENH,
     "necrosis": _NECR,
+    # outside the brain, with head=True (agsevnet.synth.head)
+    "subarachnoid_csf": 11,
+    "bone": 12,
+    "marrow": 13,
+    "fat": 14,
+    "skin": 15,
 }
-"""Values of the tissue map of :func:`make_phantom_with_tissues`."""
+"""Values of the tissue map of :func:`make_phantom_with_tissues` (the last five only with ``head=True``)."""
 # Internal segmentation label of each class (0 bg, 1 necrotic/non-enhancing core, 2 edema, 3 enhancing).
-_CLASS_LABEL = np.array([0, 0, 0, 0, 0, 0, 0, 2, 1, 3, 1], dtype=np.uint8)
+_CLASS_LABEL = np.array([0, 0, 0, 0, 0, 0, 0, 2, 1, 3, 1, 0, 0, 0, 0, 0], dtype=np.uint8)
 
 # Intensity of each class relative to white matter, per modality (FLAIR, T1, T1ce, T2); jittered per case.
 # Ratios follow the real cases in ../shared/data/brats-real (medians per label over normal-appearing brain).
@@ -484,22 +494,48 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape
 
 
-def make_phantom(seed: int, shape: tuple[int, int, int] = BRATS_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+def make_phantom(
+    seed: int, shape: tuple[int, int, int] = BRATS_SHAPE, *, head: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic BraTS-like case.
 
     Returns ``(images, labels)``: images ``float32 (4, X, Y, Z)`` in the order FLAIR, T1, T1ce, T2 with raw-like
     integer-valued intensities (> 0 in the brain, exactly 0 outside), and ``uint8`` internal labels (0 background,
     1 necrotic/non-enhancing core, 2 edema, 3 enhancing). Deterministic for ``seed``; ``shape`` scales the brain.
+    ``head=True``: the same brain and labels inside a head (extra-axial CSF, skull, scalp, noisy air; see
+    :mod:`agsevnet.synth.head`), as a scan before brain extraction; the brain's voxels are those of
+    ``head=False``, so ``make_phantom(seed, shape)`` is the skull-stripped truth of ``make_phantom(seed, shape,
+    head=True)``.
     """
-    images, labels, _ = make_phantom_with_tissues(seed, shape)
+    images, labels, _ = make_phantom_with_tissues(seed, shape, head=head)
     return images, labels
 
 
 def make_phantom_with_tissues(
-    seed: int, shape: tuple[int, int, int] = BRATS_SHAPE
+    seed: int, shape: tuple[int, int, int] = BRATS_SHAPE, *, head: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`make_phantom` plus the ground-truth tissue map (``uint8``, values of :data:`TISSUES`), to check
-    contrasts or study what a model confuses (vessels with enhancing tumour, WM lesions with edema)."""
+    contrasts or study what a model confuses (vessels with enhancing tumour, WM lesions with edema).
+    With ``head=True`` the map also holds the head's tissues; the brain is where it holds a brain tissue
+    (:func:`brain_mask`)."""
+    images, labels, tissues = _brain_phantom(seed, shape)
+    if head:
+        from agsevnet.synth.head import add_head  # head builds on this module's fields and levels
+
+        # Its own random stream: the brain (and so the labels) stays that of head=False.
+        rng = np.random.default_rng([int(seed), 0x4EAD])
+        images, tissues = add_head(images, tissues, np.array(tissues.shape) / np.array(BRATS_SHAPE), rng)
+    return images, labels, tissues
+
+
+def brain_mask(tissues: np.ndarray) -> np.ndarray:
+    """Where a tissue map of :func:`make_phantom_with_tissues` holds brain (tumour included): the ground truth of
+    brain extraction."""
+    return (tissues != _BG) & (tissues <= _NECR)
+
+
+def _brain_phantom(seed: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The skull-stripped phantom: images, labels and tissue map (see :func:`make_phantom_with_tissues`)."""
     shape = _check_shape(shape)
     rng = np.random.default_rng(seed)
     scale = np.array(shape) / np.array(BRATS_SHAPE)  # voxels per phantom mm
@@ -620,9 +656,18 @@ _CONVENTION = {"brats2020": "brats2020", "brats2023": "brats2023", "msd": "msd",
 
 
 def _write_case(
-    out_dir: Path, naming: str, index: int, seed: int, shape: tuple[int, int, int], with_labels: bool
+    out_dir: Path,
+    naming: str,
+    index: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    with_labels: bool,
+    head: bool = False,
+    clinical: dict | None = None,
 ) -> list[Path]:
     """Generate case ``index`` and write its files (each atomically); returns them."""
+    if head or clinical is not None:
+        return _write_raw_case(out_dir, naming, index, seed, shape, with_labels, head, clinical)
     images, labels = make_phantom(case_seed(seed, index), shape)
     geometry = phantom_geometry(shape)
     image_paths, label_path = _case_paths(out_dir, naming, index, with_labels)
@@ -634,6 +679,67 @@ def _write_case(
             written.append(save_nifti(image_paths[modality], images[c], geometry, dtype=np.int16))
     if label_path is not None:
         written.append(save_labels(label_path, from_internal(labels, _CONVENTION[naming]), geometry))
+    return written
+
+
+def _acquired_geometry(sequence: AcquiredSequence) -> Geometry:
+    """The header of an acquired sequence: its affine as qform and sform (code 1, scanner), units mm."""
+    return Geometry(shape=tuple(int(n) for n in sequence.data.shape), affine=sequence.affine.copy(),
+                    qform=sequence.affine.copy(), qform_code=1, sform=sequence.affine.copy(), sform_code=1,
+                    zooms=tuple(float(v) for v in sequence.voxel_size), xyzt_units=2)
+
+
+def _write_raw_case(
+    out_dir: Path,
+    naming: str,
+    index: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    with_labels: bool,
+    head: bool,
+    clinical: dict | None,
+) -> list[Path]:
+    """A case as it comes from the scanner (``raw/``: with a head and/or each sequence acquired on its own
+    grid) and its ground truth on the BraTS grid (``truth/``); see :func:`write_phantom_dataset`."""
+    cseed = case_seed(seed, index)
+    images, labels, tissues = make_phantom_with_tissues(cseed, shape, head=head)
+    brain = brain_mask(tissues)
+    geometry = phantom_geometry(shape)
+    raw_paths, _ = _case_paths(out_dir / "raw", naming, index, with_labels=False)
+    truth_paths, truth_label = _case_paths(out_dir / "truth", naming, index, with_labels)
+    folder = truth_paths[MODALITIES[0]].parent
+    written = []
+    if clinical is None:
+        for c, modality in enumerate(MODALITIES):
+            written.append(save_nifti(raw_paths[modality], images[c], geometry, dtype=np.int16))
+    else:
+        # Its own random stream: the phantom is that of the same seed without --clinical.
+        rng = np.random.default_rng([cseed, 0xAC9])
+        sequences = acquire_case(images, geometry.affine, rng, **clinical)
+        record = {"format": "agsevnet-phantom-acquisition", "format_version": 1, "case_id": case_id(naming, index),
+                  "seed": cseed, "head": head, "brats_grid": {"shape": list(geometry.shape),
+                                                            "affine": geometry.affine.tolist()}, "sequences": {}}
+        for modality, sequence in zip(MODALITIES, sequences, strict=True):
+            path = raw_paths[modality]
+            data = np.clip(np.rint(sequence.data), 0, np.iinfo(np.int16).max)
+            written.append(save_nifti(path, data, _acquired_geometry(sequence), dtype=np.int16))
+            record["sequences"][modality] = {
+                "file": path.relative_to(out_dir).as_posix(), "shape": list(sequence.data.shape),
+                "affine": sequence.affine.tolist(), "voxel_size": list(sequence.voxel_size),
+                "pose": sequence.pose.to_json()}
+        if with_labels:
+            t1ce = sequences[MODALITIES.index("t1ce")]
+            native = acquire_labels(labels, geometry.affine, t1ce.data.shape, t1ce.affine)
+            written.append(save_labels(folder / f"{folder.name}_seg_on_t1ce_grid.nii.gz",
+                                       from_internal(native, _CONVENTION[naming]), _acquired_geometry(t1ce)))
+        record_path = folder / "acquisition.json"
+        write_json_atomic(record_path, record)
+        written.append(record_path)
+    for c, modality in enumerate(MODALITIES):  # the skull-stripped truth: the brain of the same phantom
+        written.append(save_nifti(truth_paths[modality], np.where(brain, images[c], 0), geometry, dtype=np.int16))
+    written.append(save_labels(folder / f"{folder.name}_brainmask.nii.gz", brain.astype(np.uint8), geometry))
+    if truth_label is not None:
+        written.append(save_labels(truth_label, from_internal(labels, _CONVENTION[naming]), geometry))
     return written
 
 
@@ -677,6 +783,11 @@ def write_phantom_dataset(
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = False,
+    head: bool = False,
+    clinical: bool = False,
+    max_rotation_deg: float = 12.0,
+    max_shift_mm: float = 15.0,
+    voxel_size: tuple[float, float, float] = CLINICAL_VOXEL_SIZE,
 ) -> list[Path]:
     """Write ``cases`` phantoms into ``out_dir`` in the layout ``naming`` and return the files written.
 
@@ -692,6 +803,16 @@ def write_phantom_dataset(
     arguments write identical files. A non-empty ``out_dir`` raises :class:`OutputExistsError` unless
     ``overwrite`` (files of the same names are then replaced; other files are left alone). ``workers`` > 1
     generates cases in that many processes; ``progress`` shows a bar over cases.
+
+    Scans as they come from the scanner, for ``agsevnet prepare`` (BraTS layouts only): ``head=True`` puts a
+    head round each brain (:mod:`agsevnet.synth.head`); ``clinical=True`` acquires each sequence on its own grid
+    (:func:`agsevnet.synth.acquisition.acquire_case`: a rigid pose of up to ``max_rotation_deg`` and
+    ``max_shift_mm``, axial slices of ``voxel_size`` mm, its own matrix; the files' affines say exactly where
+    each voxel lies). Such cases go to ``raw/<case>/`` (images only, named as the layout names them), and
+    their ground truth on the BraTS grid to ``truth/<case>/``: the skull-stripped images and the labels (a
+    BraTS case, the same phantom as without these options), ``<case>_brainmask.nii.gz``, and with ``clinical``
+    ``<case>_seg_on_t1ce_grid.nii.gz`` (the labels acquired on the T1ce's grid) and ``acquisition.json`` (each
+    sequence's file, shape, affine, voxel size and pose).
     """
     from tqdm.auto import tqdm
 
@@ -701,6 +822,20 @@ def write_phantom_dataset(
         raise ConfigError(f"unknown naming {naming!r}; expected one of {', '.join(NAMINGS)}")
     if cases < 1:
         raise ConfigError(f"the number of cases must be at least 1, got {cases}")
+    acquisition = None
+    if head or clinical:
+        if naming not in ("brats2020", "brats2023"):
+            raise ConfigError(f"head and clinical phantoms are written in the BraTS layouts (brats2020, brats2023),"
+                              f" not {naming}: each sequence has its own file (and, with clinical, its own grid)")
+    if clinical:
+        voxel_size = tuple(float(v) for v in voxel_size)
+        if len(voxel_size) != 3 or not all(v > 0 for v in voxel_size):
+            raise ConfigError(f"the voxel size must be three sizes > 0 mm, got {voxel_size}")
+        if not (max_rotation_deg >= 0 and max_shift_mm >= 0):
+            raise ConfigError(f"the largest rotation and shift must be >= 0, got {max_rotation_deg} deg, "
+                              f"{max_shift_mm} mm")
+        acquisition = {"max_rotation_deg": float(max_rotation_deg), "max_shift_mm": float(max_shift_mm),
+                       "voxel_size": voxel_size}
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("exists and is not a folder", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -708,7 +843,7 @@ def write_phantom_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     indices = range(1, cases + 1)
-    jobs = [(out_dir, naming, i, seed, shape, with_labels) for i in indices]
+    jobs = [(out_dir, naming, i, seed, shape, with_labels, head, acquisition) for i in indices]
     written: dict[int, list[Path]] = {}
     with tqdm(total=cases, desc="phantom", unit="case", disable=not progress, dynamic_ncols=True) as bar:
         if workers > 1 and cases > 1:
