@@ -60,6 +60,10 @@ def predict_command(
     keep_fraction: float | None = typer.Option(None, "--keep-fraction", help="Drop tumour components smaller "
                                                "than this share of the largest (0: off; default: the checkpoint's).",
                                                show_default=False),
+    component_rule: str | None = typer.Option(None, "--component-rule", help="Rank tumour components for "
+                                              "--keep-fraction by size, mass (summed tumour probability) or core "
+                                              "(summed core probability); default: the checkpoint's.",
+                                              show_default=False),
     flair: Path | None = typer.Option(None, "--flair", help="FLAIR file (explicit four-file input)."),
     t1: Path | None = typer.Option(None, "--t1", help="T1 file."),
     t1ce: Path | None = typer.Option(None, "--t1ce", help="T1ce (T1 contrast-enhanced) file."),
@@ -82,6 +86,10 @@ def predict_command(
     shard: str | None = typer.Option(None, "--shard", help="I/N (1-based): only the cases whose id hashes to shard "
                                      "I of N, for job arrays and one process per GPU; writes "
                                      "OUT/predict-summary-shard-I-of-N.json.", show_default=False),
+    prepare: bool = typer.Option(False, "--prepare", help="INPUT is one patient as the scanner wrote it (any "
+                                 "orientation and voxel size, skull on): 'agsevnet prepare' it into OUT/prepared, "
+                                 "segment it there (atlas-space outputs in OUT/atlas) and write OUT/<case>.nii.gz on "
+                                 "the grid of the input T1ce. Needs the extra: pip install 'agsevnet[prepare]'."),
     summary_dir: Path | None = typer.Option(None, "--summary", help="Merge the predict-summary*.json files of this "
                                             "output folder (the shards of a job array): counts, failures, missing "
                                             "shards, cases to check; exit 1 if any failed or is missing. Predicts "
@@ -115,9 +123,34 @@ def predict_command(
 
         parsed_shard = parse_shard(shard)
     if device == "cpu":
-        tune_cpu_runtime()
+        import os
+
+        tune_cpu_runtime(all_threads="OMP_NUM_THREADS" not in os.environ)  # an explicit thread count wins
     from agsevnet.infer.bundled import resolve_model
     from agsevnet.infer.predictor import predict
+
+    if prepare:
+        if parsed_shard is not None:
+            raise ConfigError("--prepare segments one patient; --shard does not apply")
+        from agsevnet.prepare.native import predict_native
+
+        done = predict_native(
+            input_path, out, resolve_model(model), files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2},
+            case_id=case_id, overwrite=overwrite, labels=labels.value if labels else None,
+            save_uncertainty=save_uncertainty, save_probabilities=save_probabilities, progress=not quiet,
+            log=None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True)),
+            device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
+            overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction,
+            component_rule=component_rule,
+            precision=precision.value, backend=backend, confidence_threshold=confidence_threshold,
+        )
+        typer.echo(done["prepare_line"])
+        confidence = done["confidence"]
+        check = " (low: check this case)" if done["check"] else ""
+        typer.echo(f"{done['case_id']}: labels on the T1ce's grid: {done['labels']}; atlas space: "
+                   f"{Path(out) / 'atlas'}; confidence {confidence if confidence is None else round(confidence, 3)}"
+                   f"{check}; {done['seconds']:.0f} s")
+        return
 
     summary = predict(
         input_path, resolve_model(model), out,
@@ -126,6 +159,7 @@ def predict_command(
         progress=not quiet, raise_errors=debug_enabled(),
         device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
         overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction, precision=precision.value,
+        component_rule=component_rule,
         backend=backend,
         save_uncertainty=save_uncertainty, confidence_threshold=confidence_threshold, shard=parsed_shard,
     )

@@ -40,12 +40,23 @@ def deepbet_mask(data: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
     return np.asarray(mask.dataobj) > 0
 
 
-def support_mask(data: np.ndarray) -> np.ndarray:
-    """The brain of an input that was skull-stripped already: its non-zero voxels on the atlas grid (the holes of
-    dark CSF or necrosis filled, the largest connected part kept)."""
+PARTIAL_VOLUME = 0.3  # of a sequence's median brain intensity: where a thick-slice voxel is mostly brain
+
+
+def support_mask(*volumes: np.ndarray) -> np.ndarray:
+    """The brain of an input that was skull-stripped already, on the atlas grid: the voxels above
+    ``PARTIAL_VOLUME`` x the median non-zero intensity in any of ``volumes`` (T1ce and T2: dark CSF on one is
+    bright on the other), the holes filled, the largest connected part kept. Not simply the non-zero voxels:
+    through-plane partial volume of thick slices spreads the brain's edge by half a slice and more (measured on
+    a phantom seen as 5 mm slices: 1846 ml of non-zero voxels for a 1523 ml brain, Dice 0.90; 0.98 with this)."""
     from scipy import ndimage
 
-    mask = np.asarray(data) > 1e-3 * float(np.max(data) or 1.0)
+    mask = np.zeros(np.shape(volumes[0]), bool)
+    for v in volumes:
+        v = np.asarray(v)
+        inside = v[v > 0]
+        if inside.size:
+            mask |= v > PARTIAL_VOLUME * float(np.median(inside))
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = np.bincount(labels.ravel())

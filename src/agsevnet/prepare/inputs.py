@@ -115,13 +115,22 @@ def read_inputs(input_path: str | Path | None, files: Mapping[str, str | Path | 
 
 
 def _read_dicom(folder: Path, chosen: Mapping[str, SourceImage]) -> dict[str, SourceImage]:
-    """The DICOM series of ``folder`` as images (:mod:`agsevnet.prepare.dicom`, with ``agsevnet[prepare]``)."""
-    try:
-        from agsevnet.prepare import dicom
-    except ImportError:
-        raise DataError("this folder holds DICOM files; reading DICOM series needs agsevnet.prepare.dicom, "
-                        "which this installation lacks: convert them to NIfTI (dcm2niix) first", folder) from None
-    if not hasattr(dicom, "read_sequences"):
-        raise DataError("this folder holds DICOM files; this version reads NIfTI only: convert them to NIfTI "
-                        "(dcm2niix) first", folder)
-    return dicom.read_sequences(folder, given=chosen)
+    """The DICOM series of ``folder`` (:mod:`agsevnet.prepare.dicom`: one folder per series, or series mixed in one
+    folder told apart by SeriesInstanceUID), their sequences found from SeriesDescription like file names."""
+    from agsevnet.prepare import require
+
+    require("pydicom")
+    from agsevnet.prepare import dicom
+
+    series = [x for x in dicom.find_series(folder) if x.modality not in ("SEG", "RTSTRUCT", "SR", "PR")]
+    labels = [f"{x.description or '(no description)'} [series {x.number}, {x.n_files} files, {x.uid}]"
+              for x in series]
+    names = assign(labels, chosen, folder)
+    out = {}
+    for m, label in names.items():
+        x = series[labels.index(label)]
+        out[m] = SourceImage(m, dicom.read_series(x), {"path": str(x.folder.resolve()), "format": "dicom",
+                                                     "series_instance_uid": x.uid,
+                                                     "series_description": x.description,
+                                                     "series_number": x.number})
+    return out

@@ -140,16 +140,13 @@ def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool 
     t = time.perf_counter()
     reference = grid_image(BRATS_SHAPE, BRATS_AFFINE)
     composed = {m: compose(aff.matrix, to_t1ce[m]) for m in MODALITIES}
-    out = {"t1ce": from_sitk(resample(native["t1ce"], reference, composed["t1ce"])).astype(np.float32)}
+    out = {m: from_sitk(resample(native[m], reference, composed[m])).astype(np.float32) for m in MODALITIES}
     seconds["resampling"] = time.perf_counter() - t
     t = time.perf_counter()
     say("extracting the brain" + (" (input is skull-stripped: its support)" if stripped else " (deepbet)"))
-    mask = brain_mod.support_mask(out["t1ce"]) if stripped else brain_mod.deepbet_mask(out["t1ce"])
+    mask = brain_mod.support_mask(out["t1ce"], out["t2"]) if stripped else brain_mod.deepbet_mask(out["t1ce"])
     seconds["brain_extraction"] = time.perf_counter() - t
     t = time.perf_counter()
-    for m in MODALITIES:
-        if m != "t1ce":
-            out[m] = from_sitk(resample(native[m], reference, composed[m])).astype(np.float32)
     for m in MODALITIES:
         np.maximum(out[m], 0, out=out[m])
         out[m][~mask] = 0
@@ -192,7 +189,8 @@ def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool 
                          "metric": "Mattes mutual information (32 bins, 5% random samples), 2 mm grids",
                          "atlas": "SRI24 T1 " + ("brain (input skull-stripped)" if stripped else "head")},
         "bias_correction": "N4 (SimpleITK)" if bias_correction else None,
-        "brain_extraction": "support of the skull-stripped T1ce" if stripped else "deepbet on the T1ce (atlas grid)",
+        "brain_extraction": ("support of the skull-stripped T1ce and T2 (above 0.3 x their median)" if stripped
+                             else "deepbet on the T1ce (atlas grid)"),
         "qc": qc,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
