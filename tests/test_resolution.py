@@ -176,18 +176,3 @@ def test_coarse_prediction_comes_back_in_place(spacing, one_thread):
     np.testing.assert_allclose(np.argwhere(found).mean(0), np.argwhere(cube).mean(0), atol=1.0)
     prob = result.probabilities[3]
     np.testing.assert_allclose(np.argwhere(prob > 0.5).mean(0), np.argwhere(cube).mean(0), atol=1.0)
-
-
-def test_identical_scans_count_as_one_patient(tmp_path: Path):
-    from agsevnet.preprocess import _write_cached
-    from agsevnet.train.trainer import unique_patients
-
-    a = preprocess_case(_case(case_id="BraTS2021_00000", shape=(32, 32, 32)))
-    b = preprocess_case(_case(case_id="BraTS-GLI-00000-000", shape=(32, 32, 32)))
-    c = preprocess_case(_case(seed=9, case_id="Other", shape=(32, 32, 32)))
-    for pp in (a, b, c):
-        pp.meta["sources"] = []
-        _write_cached(pp, tmp_path / pp.case_id)
-    kept, copies = unique_patients(tmp_path, ["BraTS2021_00000", "Other", "BraTS-GLI-00000-000"])
-    assert kept == ["Other", "BraTS-GLI-00000-000"]
-    assert copies == {"BraTS-GLI-00000-000": ["BraTS2021_00000"]}

@@ -251,27 +251,6 @@ class RunLog:
         self.tb.close()
 
 
-def unique_patients(cache_dir: Path, ids: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """``(ids with one case per scan, {kept id: [dropped copies]})``: cached cases whose cropped, normalised images
-    are byte-identical (``meta["image_sha1"]``: the BraTS 2021 and 2023 releases of one patient) are one patient;
-    the first id in sorted order is kept. Counting a patient twice would weight it double in training and, in
-    cross-validation, could put one copy in training and the other in validation."""
-    from agsevnet.preprocess import load_cached
-
-    first: dict[str, str] = {}
-    copies: dict[str, list[str]] = {}
-    kept: list[str] = []
-    for case_id in sorted(ids):
-        digest = load_cached(cache_dir, case_id).meta.get("image_sha1") or case_id
-        if digest in first:
-            copies.setdefault(first[digest], []).append(case_id)
-        else:
-            first[digest] = case_id
-            kept.append(case_id)
-    order = {c: i for i, c in enumerate(ids)}
-    return sorted(kept, key=order.__getitem__), copies
-
-
 # --------------------------------------------------------------------------------------------- training
 class Trainer:
     """One training run (see the module docstring); build it with :func:`train`."""
@@ -322,13 +301,14 @@ class Trainer:
                            dtype=pre["dtype"], spacing=pre["spacing"], progress=self.progress)
 
     def _split(self, ids: list[str]) -> None:
+        from agsevnet.data.patients import unique_patients
         from agsevnet.preprocess import load_cached
 
         val_cfg = self.cfg["validation"]
         fold, folds = val_cfg["fold"], val_cfg["folds"]
         if not ids:
             raise DataError("no cases to train on", self.data_dir)
-        ids, copies = unique_patients(self.cache_dir, ids)
+        ids, copies = unique_patients(ids, lambda c: load_cached(self.cache_dir, c).meta.get("image_sha1"))
         for kept, dropped in copies.items():
             self.say(f"note: {', '.join(dropped)} hold(s) the same images as {kept}: counted once, as {kept}")
         if fold != "all" and len(ids) < folds:
