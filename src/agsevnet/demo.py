@@ -174,7 +174,7 @@ def run_demo(
     """
     from agsevnet.synth.phantom import write_phantom_dataset
     from agsevnet.evaluate.runner import evaluate
-    from agsevnet.evaluate.summary import evaluation_record, write_outputs
+    from agsevnet.evaluate.summary import evaluation_record, region_mean, write_outputs
     from agsevnet.infer.predictor import predict
     from agsevnet.report.html import build_report
     from agsevnet.report.robustness import run_robustness
@@ -231,7 +231,7 @@ def run_demo(
     write_outputs(evaluation, eval_dir / "metrics.csv", eval_dir / "metrics.json")
     times["evaluation"] = round(time.perf_counter() - t, 1)
     mean = {r: evaluation["summary"][f"Dice_{r}"]["Mean"] for r in REGIONS}
-    mean["mean"] = float(np.mean([mean[r] for r in REGIONS]))
+    mean["mean"] = region_mean(mean)
     record["dice"] = mean
     record["cases"] = {c["case"]: {r: c["metrics"][f"Dice_{r}"] for r in REGIONS} for c in evaluation["cases"]}
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agsevnet import __version__
+from agsevnet import REGIONS, __version__
 from agsevnet.errors import DataError, OutputExistsError
 from agsevnet.evaluate.lesionwise import CONVENTIONS as LESIONWISE_CONVENTIONS
 from agsevnet.evaluate.lesionwise import LESIONWISE_COLUMNS, summarize_lesionwise
@@ -85,6 +85,14 @@ def statistics(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def region_mean(values: Mapping[str, Any], prefix: str = "") -> Any:
+    """The mean of the three regions' figures ``values[prefix + r]`` for r in ET, WT, TC (the "mean Dice" of
+    BraTS tables and of training's ``val_dice_mean``): a float for numbers, element-wise for arrays of equal shape
+    (e.g. one value per case). ``region_mean(case["metrics"], "Dice_")``, ``region_mean({"ET": .., ...})``."""
+    mean = np.mean([np.asarray(values[f"{prefix}{r}"], dtype=np.float64) for r in REGIONS], axis=0)
+    return float(mean) if np.ndim(mean) == 0 else mean
+
+
 def summary_path(csv_path: str | Path) -> Path:
     """``metrics.csv`` -> ``metrics_summary.csv`` (next to it)."""
     csv_path = Path(csv_path)
@@ -103,14 +111,15 @@ def _fmt(value: float) -> str:
     return repr(float(value))  # shortest round-tripping form: the CSV loses no precision
 
 
-def case_csv_text(cases: Iterable[Mapping[str, Any]], hd95: str = "pooled") -> str:
+def case_csv_text(cases: Iterable[Mapping[str, Any]], hd95: str = "pooled", fields: Sequence[str] = ()) -> str:
     """CSV text of per-case rows (``{"case": id, "metrics": {...}}``, the JSON's case entries); the last
-    column, ``hd95_rule``, names the Hausdorff95 rule (a case's own ``hd95_rule``, else ``hd95``)."""
+    column, ``hd95_rule``, names the Hausdorff95 rule (a case's own ``hd95_rule``, else ``hd95``). ``fields``:
+    other keys of each case written as they are right after ``case`` (the cross-validation's ``fold``)."""
     cases = list(cases)
     extra = LESIONWISE_COLUMNS if cases and all("lesionwise" in case for case in cases) else ()  # --lesion-wise
-    rows = ([case["case"], *(_fmt(case["metrics"][c]) for c in COLUMNS), case.get("hd95_rule", hd95),
-             *(_fmt(case["lesionwise"][c]) for c in extra)] for case in cases)
-    return _csv_text(["case", *COLUMNS, "hd95_rule", *extra], rows)
+    rows = ([case["case"], *(case[f] for f in fields), *(_fmt(case["metrics"][c]) for c in COLUMNS),
+             case.get("hd95_rule", hd95), *(_fmt(case["lesionwise"][c]) for c in extra)] for case in cases)
+    return _csv_text(["case", *fields, *COLUMNS, "hd95_rule", *extra], rows)
 
 
 def summary_csv_text(summary: Mapping[str, Mapping[str, float]], hd95: str = "pooled",

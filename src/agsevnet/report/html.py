@@ -42,7 +42,7 @@ import numpy as np
 from agsevnet import REGIONS, __version__
 from agsevnet.errors import AgsevnetError, DataError, OutputExistsError
 from agsevnet.evaluate.metrics import COLUMNS
-from agsevnet.evaluate.summary import STATISTICS, is_evaluation_record, summarize
+from agsevnet.evaluate.summary import STATISTICS, is_evaluation_record, region_mean, summarize
 from agsevnet.fsutil import write_text_atomic
 
 SKIP_FOLDERS: frozenset[str] = frozenset({"tb", "__pycache__", "node_modules", "site-packages"})
@@ -315,7 +315,7 @@ def _short(path: str, directory: Path) -> str:
 
 
 def _mean_dice(case: Mapping[str, Any]) -> float:
-    return float(np.mean([case["metrics"][f"Dice_{region}"] for region in REGIONS]))
+    return region_mean(case["metrics"], "Dice_")
 
 
 def _pick_cases(cases: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:

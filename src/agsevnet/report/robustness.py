@@ -56,6 +56,7 @@ import numpy as np
 
 from agsevnet import REGIONS, __version__
 from agsevnet.errors import ConfigError, DataError, OutputExistsError
+from agsevnet.evaluate.summary import region_mean
 from agsevnet.fsutil import atomic_path, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def summarize_levels(results: Sequence[Mapping[str, Any]], levels: Sequence[floa
         if not mine:
             continue
         dice = {region: np.array([r["metrics"][f"Dice_{region}"] for r in mine]) for region in REGIONS}
-        dice["mean"] = np.mean([dice[region] for region in REGIONS], axis=0)
+        dice["mean"] = region_mean(dice)
         snrs = [r["measured_snr"] for r in mine if r["measured_snr"] is not None]
         rows.append({
             "level": name,

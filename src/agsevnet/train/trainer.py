@@ -487,6 +487,7 @@ class Trainer:
         if self.info.is_main and self.val_ids:
             from agsevnet.checkpoint import save_checkpoint
             from agsevnet.evaluate.metrics import dice_scores
+            from agsevnet.evaluate.summary import region_mean
             from agsevnet.preprocess import load_cached, load_native_label
 
             predictor = self.predictor()
@@ -504,7 +505,7 @@ class Trainer:
                 if self.channels_last:  # the Predictor may have converted the weights' memory format
                     self.model.to(memory_format=torch.channels_last_3d)
             result = {r: float(np.mean(v)) for r, v in scores.items()}
-            result["mean"] = float(np.mean([result[r] for r in REGIONS]))
+            result["mean"] = region_mean(result)
             self.last_val = {f"val_dice_{k}": v for k, v in result.items()}
             if self.best["dice_mean"] is None or result["mean"] > self.best["dice_mean"]:
                 self.best = {"dice_mean": result["mean"], "step": step}
