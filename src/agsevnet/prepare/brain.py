@@ -40,7 +40,7 @@ def deepbet_mask(data: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
     return np.asarray(mask.dataobj) > 0
 
 
-PARTIAL_VOLUME = 0.3  # of a sequence's median brain intensity: where a thick-slice voxel is mostly brain
+PARTIAL_VOLUME = 0.5  # of a sequence's median brain intensity: where a thick-slice voxel is mostly brain
 
 
 def support_mask(*volumes: np.ndarray) -> np.ndarray:

@@ -113,7 +113,9 @@ def predict_native(input_path: str | Path | None, out_dir: str | Path, checkpoin
     atlas_labels = to_internal(load_volume(seg_atlas)[0].astype(np.uint8), convention)
     probabilities = None
     if method == "probabilities":
-        probabilities = np.moveaxis(load_volume(prob_atlas)[0].astype(np.float32), -1, 0)
+        import nibabel as nib
+
+        probabilities = np.moveaxis(np.asarray(nib.load(str(prob_atlas)).dataobj, np.float32), -1, 0)
     native = labels_to_native(atlas_labels, record, probabilities=probabilities, method=method)
     seg_native = out_dir / f"{cid}.nii.gz"
     files_written = {"labels": seg_native.name, "atlas_labels": str(seg_atlas.relative_to(out_dir))}

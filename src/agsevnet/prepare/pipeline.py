@@ -189,7 +189,7 @@ def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool 
                          "metric": "Mattes mutual information (32 bins, 5% random samples), 2 mm grids",
                          "atlas": "SRI24 T1 " + ("brain (input skull-stripped)" if stripped else "head")},
         "bias_correction": "N4 (SimpleITK)" if bias_correction else None,
-        "brain_extraction": ("support of the skull-stripped T1ce and T2 (above 0.3 x their median)" if stripped
+        "brain_extraction": ("support of the skull-stripped T1ce and T2 (above 0.5 x their median)" if stripped
                              else "deepbet on the T1ce (atlas grid)"),
         "qc": qc,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
