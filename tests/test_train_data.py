@@ -171,7 +171,7 @@ def test_augmentation_presets():
     assert build_augmentation(load_config("paper")["augment"]) is None
     aug = build_augmentation(load_config("default")["augment"])
     assert aug.affine_prob > 0 and type(aug.warp((32, 32, 32))).__name__ == "RandAffined"
-    names = [type(t).__name__ for t in aug.rest.transforms]
+    names = [type(t).__name__ for t in [*aug.flips.transforms, *aug.intensity.transforms]]
     for expected in ("RandFlipd", "RandScaleIntensityd", "RandShiftIntensityd", "RandAdjustContrastd",
                      "RandGaussianNoised"):
         assert expected in names

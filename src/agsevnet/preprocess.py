@@ -60,7 +60,9 @@ from agsevnet.parallel import worker_count
 FORMAT = "agsevnet-preprocessed"
 FORMAT_VERSION = 2
 """2: ``spacing`` (optional resampling), ``label_native.npy`` and the content hash ``image_sha1``."""
-NORMALIZATIONS: tuple[str, ...] = ("brain", "image")
+NORMALIZATIONS: tuple[str, ...] = ("brain", "image", "brain-clip")
+CLIP_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+"""``brain-clip``: each modality is clipped to these percentiles of its brain voxels before the z-score."""
 DTYPES: tuple[str, ...] = ("float16", "float32")
 
 DEFAULT_MARGIN = 2
@@ -144,7 +146,10 @@ def normalize(
     """z-score each channel of ``images`` ``(C, X, Y, Z)``; returns ``(float32 images, stats)``.
 
     ``mode="brain"``: mean and standard deviation over the voxels of ``mask`` (default: :func:`brain_mask`),
-    voxels outside it set to 0 afterwards. ``mode="image"``: over all voxels (the paper's eq. 15); ``mask``
+    voxels outside it set to 0 afterwards. ``mode="brain-clip"``: the same after clipping each modality to the
+    :data:`CLIP_PERCENTILES` of its brain voxels (``stats["clip"]``: the values used): a few very bright voxels
+    (vessels, fat, artefacts) then move neither the statistics nor the model's input, whatever the scanner's
+    raw scale (raw scales differ ~10x between the BraTS 2018 and 2021 files). ``mode="image"``: over all voxels (the paper's eq. 15); ``mask``
     is not used. ``stats`` = ``{"mode", "mean": [per channel], "std": [per channel], "voxels": n}``; a channel
     with no spread (std 0, e.g. an all-zero modality) or no voxels is divided by 1 instead (its ``std`` is
     recorded as 0).
@@ -152,7 +157,9 @@ def normalize(
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {mode!r}; expected one of {', '.join(NORMALIZATIONS)}")
     images = np.asarray(images)
-    if mode == "brain":
+    clip = mode == "brain-clip"
+    clip_values: list[list[float]] = []
+    if mode in ("brain", "brain-clip"):
         mask = brain_mask(images) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != images.shape[1:]:
             raise ValueError(f"mask shape {mask.shape} does not match images {images.shape}")
@@ -163,17 +170,28 @@ def normalize(
     means: list[float] = []
     stds: list[float] = []
     for c in range(images.shape[0]):
-        values = images[c][mask] if mode == "brain" else images[c]
+        channel = images[c]
+        values = channel[mask] if mode != "image" else channel
+        if clip and values.size:
+            lo, hi = (float(v) for v in np.percentile(values, CLIP_PERCENTILES))
+            clip_values.append([lo, hi])
+            values = np.clip(values, lo, hi)
+            channel = np.clip(channel, lo, hi)
+        elif clip:
+            clip_values.append([0.0, 0.0])
         mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
         std = float(values.std(dtype=np.float64)) if values.size else 0.0
         means.append(mean)
         stds.append(std)
         divisor = std if std > 0 else 1.0
-        np.subtract(images[c], np.float32(mean), out=out[c], dtype=np.float32)
+        np.subtract(channel, np.float32(mean), out=out[c], dtype=np.float32)
         out[c] /= np.float32(divisor)
-        if mode == "brain":
+        if mode != "image":
             out[c][~mask] = 0
-    return out, {"mode": mode, "mean": means, "std": stds, "voxels": voxels}
+    stats: dict[str, Any] = {"mode": mode, "mean": means, "std": stds, "voxels": voxels}
+    if clip:
+        stats["clip"] = clip_values
+    return out, stats
 
 
 def resampled_shape(shape: Sequence[int], zooms: Sequence[float], spacing: Sequence[float]) -> tuple[int, int, int]:
@@ -774,7 +792,7 @@ def background_values(meta: dict[str, Any]) -> list[float]:
     paper's), computed as :func:`normalize` does and rounded to the cache dtype, so it equals the stored
     background exactly. What padding (training patches, the whole-image pass) should fill with."""
     stats = meta["normalization"]
-    if stats.get("mode", "brain") == "brain":
+    if stats.get("mode", "brain") != "image":
         return [0.0] * len(stats["mean"])
     dtype = np.dtype(meta.get("dtype", "float32"))
     out = []

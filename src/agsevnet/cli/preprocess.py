@@ -15,6 +15,7 @@ from agsevnet.preprocess import DEFAULT_MARGIN, update_cache
 class Normalization(str, Enum):
     brain = "brain"
     image = "image"
+    brain_clip = "brain-clip"
 
 
 class StorageDtype(str, Enum):

@@ -38,12 +38,13 @@ OPEN_SECTIONS: tuple[str, ...] = ("model", "loss")
 """Sections whose keys are validated by the component they configure, not against the preset."""
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "preprocess.normalization": ("brain", "image"),
+    "preprocess.normalization": ("brain", "image", "brain-clip"),
     "preprocess.dtype": ("float16", "float32"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.schedule": ("constant", "step", "poly", "cosine"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "inference.strategy": ("auto", "sliding", "whole"),
+    "inference.component_rule": ("size", "mass", "core"),
 }
 
 

@@ -231,6 +231,9 @@ def contract(ckpt: Mapping[str, Any], fmt: str, model_file: str | Path, source: 
                 f"crop to the mask's bounding box plus {margin} voxels, clipped to the volume",
                 ("z-score each modality over the brain voxels, background set to 0 afterwards"
                  if normalization == "brain" else
+                 "clip each modality to the 0.5th-99.5th percentiles of its brain voxels, then z-score it over "
+                 "the brain voxels, background set to 0 afterwards"
+                 if normalization == "brain-clip" else
                  "z-score each modality over the whole (uncropped) image, background keeps its z-score"),
                 (f"resample the crop to {spacing} mm voxels (area averaging, round(size * voxel mm / spacing) "
                  "per axis); resample the network's probabilities back to the crop trilinearly "

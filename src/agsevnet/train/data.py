@@ -123,6 +123,8 @@ class PatchCase:
     :data:`MAX_LOCATIONS_PER_CLASS`). ``load`` returns ``(image (C, X, Y, Z), label (X, Y, Z))``, typically
     memory maps; its result is kept while the case is among the process's recently used ones.
     ``background``: the value of the image's background per channel, which padding uses (None: 0).
+    ``negatives``: flat indices of "bright negatives" (:func:`bright_negatives`), the normal anatomy a
+    ``negative_share`` of the patches is centred on (None or empty: such patches fall back to uniform ones).
     """
 
     case_id: str
@@ -130,6 +132,7 @@ class PatchCase:
     locations: dict[int, np.ndarray]
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
     background: tuple[float, ...] | None = None
+    negatives: np.ndarray | None = None
 
 
 def tumour_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_LOCATIONS_PER_CLASS) -> dict[int, np.ndarray]:
@@ -148,17 +151,53 @@ def tumour_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_L
     return out
 
 
+def brain_voxels(image: np.ndarray, background: Sequence[float] | None = None) -> np.ndarray:
+    """Boolean ``(X, Y, Z)``: voxels where any channel differs from its background value (None: 0)."""
+    bg = np.zeros(image.shape[0], np.float32) if background is None else np.asarray(background, np.float32)
+    out = np.zeros(image.shape[1:], dtype=bool)
+    for c in range(image.shape[0]):
+        out |= np.abs(np.asarray(image[c], dtype=np.float32) - bg[c]) > 1e-3
+    return out
+
+
+BRIGHT_PERCENTILE = 90.0
+"""FLAIR percentile (over the non-tumour brain voxels of a case) above which a voxel is a "bright negative"."""
+
+
+def bright_negatives(image: np.ndarray, label: np.ndarray, case_id: str, background: Sequence[float] | None = None,
+                     max_count: int = MAX_LOCATIONS_PER_CLASS, channel: int = 0) -> np.ndarray:
+    """Flat indices of normal brain voxels that are bright on FLAIR (channel ``channel``): above the
+    :data:`BRIGHT_PERCENTILE` of the case's non-tumour brain voxels, outside every tumour label; at most
+    ``max_count`` (a deterministic subset seeded by the case id).
+
+    Why: the model's errors on unseen patients were large false "tumour" regions in normal anatomy that is bright
+    on FLAIR (cerebellum, brainstem, orbitofrontal cortex). Patches centred on such voxels are hard negatives
+    that need no model to find (Havaei et al. 2017 mined them with a trained model instead)."""
+    flair = np.asarray(image[channel], dtype=np.float32).reshape(-1)
+    normal = brain_voxels(image, background).reshape(-1) & (np.asarray(label).reshape(-1) == 0)
+    if not normal.any():
+        return np.zeros(0, dtype=np.int64)
+    threshold = np.percentile(flair[normal], BRIGHT_PERCENTILE)
+    idx = np.flatnonzero(normal & (flair > threshold))
+    if idx.size > max_count:
+        rng = np.random.default_rng(zlib.crc32(("neg:" + case_id).encode()))
+        idx = np.sort(rng.choice(idx, max_count, replace=False))
+    return idx.astype(np.int64)
+
+
 def memory_case(case_id: str, image: np.ndarray, label: np.ndarray, background: Sequence[float] | None = None) -> PatchCase:
     """A :class:`PatchCase` for arrays in memory: image ``(C, X, Y, Z)``, internal labels ``(X, Y, Z)``;
     ``background``: the image's background value per channel (None: 0)."""
     if image.ndim != 4 or image.shape[1:] != label.shape:
         raise ValueError(f"{case_id}: image {image.shape} and label {label.shape} do not match (C, X, Y, Z) / (X, Y, Z)")
     bg = None if background is None else tuple(float(v) for v in background)
-    return PatchCase(case_id, tuple(label.shape), tumour_locations(label, case_id), _InMemory(image, label), bg)
+    return PatchCase(case_id, tuple(label.shape), tumour_locations(label, case_id), _InMemory(image, label), bg,
+                     bright_negatives(image, label, case_id, bg))
 
 
-def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False) -> list[PatchCase]:
-    """:class:`PatchCase` objects for cached cases (labels read once to find the tumour voxels)."""
+def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False, negatives: bool = False) -> list[PatchCase]:
+    """:class:`PatchCase` objects for cached cases (labels read once to find the tumour voxels; with
+    ``negatives`` the images too, to find the bright negatives)."""
     from agsevnet.preprocess import background_values, load_cached
     from agsevnet.progress import progress_bar
 
@@ -169,8 +208,10 @@ def cached_cases(cache_dir: str, case_ids: Sequence[str], progress: bool = False
             from agsevnet.errors import DataError
 
             raise DataError("cached case has no label: training needs labelled cases", f"{cache_dir}/{case_id}")
+        bg = tuple(background_values(pre.meta))
+        neg = bright_negatives(pre.image, pre.label, case_id, bg) if negatives else None
         out.append(PatchCase(case_id, tuple(pre.label.shape), tumour_locations(pre.label, case_id),
-                             _Cached(str(cache_dir), case_id), tuple(background_values(pre.meta))))
+                             _Cached(str(cache_dir), case_id), bg, neg))
         del pre  # drop the memory maps (and their file descriptors) before the next case
     return out
 
@@ -183,13 +224,25 @@ def padded_extent(shape: Sequence[int], patch: Sequence[int]) -> tuple[list[int]
     return size, before
 
 
-def choose_patch(case: PatchCase, patch: Sequence[int], rng: np.random.Generator, foreground: bool, class_balanced: bool = True) -> tuple[int, int, int]:
+SAMPLING: tuple[str, ...] = ("start", "centre")
+"""Where a non-tumour-centred patch lies: ``start``: its first voxel uniform over the positions that keep it
+inside the (padded) volume, so voxels near the volume's edge are covered by few patches (with a 48-voxel patch
+on a 75-voxel axis the outermost voxel is in 1 patch of 28); ``centre``: its centre voxel uniform over the
+volume (the patch reaches up to half its size into the background padding, as nnU-Net allows), so the edges of
+the brain (its bottom: cerebellum, brainstem; the orbitofrontal cortex) are seen about as often as its middle."""
+
+
+def choose_patch(case: PatchCase, patch: Sequence[int], rng: np.random.Generator, foreground: bool,
+                 class_balanced: bool = True, *, negative: bool = False, sampling: str = "start") -> tuple[int, int, int]:
     """The patch's first voxel in the case's coordinates (negative where it reaches into the padding).
 
-    A foreground patch is centred on a tumour voxel (clipped so it stays inside the padded volume, which keeps
-    that voxel inside the patch); cases without tumour fall back to a uniform position.
+    A foreground patch is centred on a tumour voxel, a ``negative`` one on a bright negative (both clipped so
+    they stay inside the padded volume, which keeps that voxel inside the patch); cases without tumour (or
+    without bright negatives) fall back to an untargeted position, drawn as ``sampling`` says
+    (:data:`SAMPLING`).
     """
     size, before = padded_extent(case.shape, patch)
+    flat: int | None = None
     if foreground and case.locations:
         labels = sorted(case.locations)
         if class_balanced:
@@ -197,9 +250,15 @@ def choose_patch(case: PatchCase, patch: Sequence[int], rng: np.random.Generator
         else:
             counts = np.array([case.locations[c].size for c in labels], dtype=np.float64)
             c = labels[int(rng.choice(len(labels), p=counts / counts.sum()))]
-        flat = case.locations[c][int(rng.integers(case.locations[c].size))]
-        centre = np.unravel_index(int(flat), case.shape)
+        flat = int(case.locations[c][int(rng.integers(case.locations[c].size))])
+    elif negative and case.negatives is not None and case.negatives.size:
+        flat = int(case.negatives[int(rng.integers(case.negatives.size))])
+    if flat is not None:
+        centre = np.unravel_index(flat, case.shape)
         start = [min(max(int(v) + b - p // 2, 0), s - p) for v, b, p, s in zip(centre, before, patch, size)]
+    elif sampling == "centre":
+        # centre uniform over the volume; the patch may reach p // 2 into the padding on either side
+        return tuple(int(rng.integers(d)) - p // 2 for d, p in zip(case.shape, patch))  # type: ignore[return-value]
     else:
         start = [int(rng.integers(s - p + 1)) for s, p in zip(size, patch)]
     return tuple(s - b for s, b in zip(start, before))  # type: ignore[return-value]
@@ -259,14 +318,18 @@ def affine_context(patch: Sequence[int], rotate_deg: float, scale: float) -> tup
 
 
 class Augmentation:
-    """Training augmentation, in two parts (after nnU-Net).
+    """Training augmentation, in three parts (after nnU-Net).
 
     ``warp(patch)``: MONAI's ``RandAffined`` (rotation, scaling) that maps a region of
     :meth:`context` size to the ``patch`` at its centre; :class:`PatchDataset` applies it with probability
     ``affine_prob`` to the larger region it reads, so the warped patch holds image everywhere instead of
-    empty corners. ``rest``: flips and intensity transforms (MONAI dictionary transforms, keys ``image``
-    (C, ...) and ``label`` (1, ...)) on the patch. Randomness comes only from the seeds :class:`PatchDataset`
-    passes (``set_random_state``).
+    empty corners. ``flips``: mirroring on each axis. ``intensity``: per-channel brightness (scale, shift),
+    contrast about the mean, gamma (and inverted gamma: the gamma applied to the negated image), Gaussian blur,
+    simulated low resolution and Gaussian noise (MONAI dictionary transforms, keys ``image`` (C, ...) and
+    ``label`` (1, ...)). With ``remask_background`` the voxels that were background before the intensity
+    transforms are set back to the background value afterwards: at inference the background is exactly that
+    value, so a model never needs to learn shifted or noisy background. Randomness comes only from the seeds
+    :class:`PatchDataset` passes (``set_random_state``).
     """
 
     def __init__(self, cfg: Mapping[str, Any]):
@@ -275,24 +338,39 @@ class Augmentation:
             RandAdjustContrastd,
             RandFlipd,
             RandGaussianNoised,
+            RandGaussianSmoothd,
             RandScaleIntensityd,
+            RandScaleIntensityFixedMeand,
             RandShiftIntensityd,
+            RandSimulateLowResolutiond,
         )
 
         self.affine_prob = float(cfg["affine_prob"])
         self.rotate_deg, self.scale = float(cfg["rotate_deg"]), float(cfg["scale"])
+        self.remask = bool(cfg.get("remask_background", False))
         keys = ["image", "label"]
+        flips = [RandFlipd(keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in range(3)] if cfg["flip_prob"] > 0 else []
         ts: list = []
-        if cfg["flip_prob"] > 0:
-            ts += [RandFlipd(keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in range(3)]
         if cfg["intensity_prob"] > 0:
             ts.append(RandScaleIntensityd("image", factors=cfg["intensity_scale"], prob=cfg["intensity_prob"], channel_wise=True))
             ts.append(RandShiftIntensityd("image", offsets=cfg["intensity_shift"], prob=cfg["intensity_prob"], channel_wise=True))
+        if cfg.get("contrast_prob", 0) > 0:
+            ts.append(RandScaleIntensityFixedMeand("image", factors=cfg["contrast"], preserve_range=True,
+                                                   prob=cfg["contrast_prob"], channel_wise=True))
+        if cfg.get("lowres_prob", 0) > 0:
+            ts.append(RandSimulateLowResolutiond("image", prob=cfg["lowres_prob"], zoom_range=tuple(cfg["lowres_zoom"])))
         if cfg["gamma_prob"] > 0:
             ts.append(RandAdjustContrastd("image", gamma=tuple(cfg["gamma"]), prob=cfg["gamma_prob"], retain_stats=True))
+        if cfg.get("invert_gamma_prob", 0) > 0:
+            ts.append(RandAdjustContrastd("image", gamma=tuple(cfg["gamma"]), prob=cfg["invert_gamma_prob"],
+                                          retain_stats=True, invert_image=True))
+        if cfg.get("blur_prob", 0) > 0:
+            sigma = tuple(cfg["blur_sigma"])
+            ts.append(RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=cfg["blur_prob"]))
         if cfg["noise_prob"] > 0:
             ts.append(RandGaussianNoised("image", prob=cfg["noise_prob"], std=cfg["noise_std"]))
-        self.rest = Compose(ts) if ts else None
+        self.flips = Compose(flips) if flips else None
+        self.intensity = Compose(ts) if ts else None
         self._warps: dict[tuple[int, ...], Any] = {}
 
     def context(self, patch: Sequence[int]) -> tuple[int, ...]:
@@ -332,7 +410,8 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, cases: Sequence[PatchCase], patch_size: Sequence[int], batch_size: int, seed: int, rank: int = 0,
-                 foreground_share: float = 0.0, class_balanced: bool = True, augment: Augmentation | None = None):
+                 foreground_share: float = 0.0, class_balanced: bool = True, augment: Augmentation | None = None,
+                 *, negative_share: float = 0.0, sampling: str = "start", natural_from_step: int | None = None):
         if not cases:
             raise ConfigError("no training cases")
         self.cases = list(cases)
@@ -341,6 +420,14 @@ class PatchDataset(Dataset):
         self.seed, self.rank = int(seed), int(rank)
         self.foreground_share = float(foreground_share)
         self.class_balanced = bool(class_balanced)
+        self.negative_share = float(negative_share)
+        if self.foreground_share + self.negative_share > 1 + 1e-9:
+            raise ConfigError(f"data.foreground_share + data.negative_share must be <= 1, got "
+                              f"{self.foreground_share} + {self.negative_share}")
+        if sampling not in SAMPLING:
+            raise ConfigError(f"data.sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+        self.sampling = sampling
+        self.natural_from_step = natural_from_step
         self.augment = augment
         self.context = augment.context(self.patch) if augment is not None else self.patch
         self._arrays: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -371,8 +458,14 @@ class PatchDataset(Dataset):
     def _draw(self, index: int) -> tuple[np.random.Generator, int, tuple[int, int, int]]:
         rng = self.rng(index)
         k = int(rng.integers(len(self.cases)))
-        foreground = bool(rng.random() < self.foreground_share)
-        start = choose_patch(self.cases[k], self.patch, rng, foreground, self.class_balanced)
+        u = rng.random()
+        foreground = bool(u < self.foreground_share)
+        negative = not foreground and bool(u < self.foreground_share + self.negative_share)
+        if self.natural_from_step is not None and int(index) // self.batch_size >= self.natural_from_step:
+            # the second phase (Havaei et al. 2017): patches as the data come, no targeting
+            foreground = negative = False
+        start = choose_patch(self.cases[k], self.patch, rng, foreground, self.class_balanced, negative=negative,
+                             sampling=self.sampling)
         return rng, k, start
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int, int], np.random.Generator]:
@@ -398,9 +491,21 @@ class PatchDataset(Dataset):
             transform.set_random_state(seed=int(rng.integers(2**32)))
             out = transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab)[None]})
             image, label = self._plain(out)
-        if aug is not None and aug.rest is not None:
-            aug.rest.set_random_state(seed=int(rng.integers(2**32)))
-            image, label = self._plain(aug.rest({"image": image, "label": label}))
+        if aug is not None and aug.flips is not None:
+            aug.flips.set_random_state(seed=int(rng.integers(2**32)))
+            image, label = self._plain(aug.flips({"image": image, "label": label}))
+        if aug is not None and aug.intensity is not None:
+            seed = int(rng.integers(2**32))
+            background = None
+            if aug.remask:
+                bg = self.cases[k].background
+                bg_t = torch.zeros(image.shape[0]) if bg is None else torch.tensor(bg, dtype=torch.float32)
+                background = (bg_t, (image - bg_t.view(-1, 1, 1, 1)).abs().amax(dim=0) <= 1e-3)
+            aug.intensity.set_random_state(seed=seed)
+            image, label = self._plain(aug.intensity({"image": image, "label": label}))
+            if background is not None:
+                bg_t, outside = background
+                image = torch.where(outside[None], bg_t.view(-1, 1, 1, 1), image)
         return {"image": image.contiguous(), "label": label.contiguous()}
 
     @staticmethod

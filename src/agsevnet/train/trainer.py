@@ -330,7 +330,8 @@ class Trainer:
         meta = load_cached(self.cache_dir, self.train_ids[0]).meta
         self.preprocess = {"normalization": meta["normalization"]["mode"], "margin": int(meta["margin"]),
                            "dtype": str(meta["dtype"]), "spacing": meta.get("spacing")}
-        self.cases = cached_cases(str(self.cache_dir), self.train_ids, progress=self.progress)
+        self.cases = cached_cases(str(self.cache_dir), self.train_ids, progress=self.progress,
+                                  negatives=float(self.cfg["data"]["negative_share"]) > 0)
         if not any(c.locations for c in self.cases):
             raise DataError("no training case has any tumour label", self.cache_dir)
 
@@ -380,6 +381,8 @@ class Trainer:
         self.dataset = PatchDataset(
             self.cases, self.patch, int(cfg["data"]["batch_size"]), int(cfg["seed"]), info.rank,
             float(cfg["data"]["foreground_share"]), bool(cfg["data"]["class_balanced"]), build_augmentation(cfg["augment"]),
+            negative_share=float(cfg["data"]["negative_share"]), sampling=str(cfg["data"]["sampling"]),
+            natural_from_step=cfg["data"]["natural_from_step"],
         )
 
     def _load_state(self) -> None:
