@@ -11,6 +11,8 @@ without executing pickled code::
      "preprocess": {"normalization": "brain", "margin": int, "dtype": str},  # preprocess_case(**...)
      "patch_size": [x, y, z], "num_classes": 4,     # outputs are internal labels 0..3
      "config": {...}, "step": int, "metrics": {...},
+     "members": [state_dict, ...],                  # optional: an ensemble of this architecture (bundled models);
+                                                    # "state_dict" is then the first member
      # training state (in last.pt; may be absent from exported weights):
      "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": {...}}
 
@@ -197,16 +199,26 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path | None = Non
     """The network of ``ckpt`` with its weights loaded, in eval mode, on the CPU.
 
     ``path`` only names the file in the :class:`DataError` raised when the weights do not fit the architecture.
+    ``ckpt["members"]`` (several weight sets of the one architecture) gives an
+    :class:`~agsevnet.models.ensemble.Ensemble` of them that averages their probabilities.
     """
     from agsevnet.models import build_model
 
-    model = build_model(dict(ckpt["model"]))
-    try:
-        model.load_state_dict(strip_prefixes(ckpt["state_dict"]), strict=True)
-    except RuntimeError as exc:
-        raise DataError(f"weights do not fit architecture {ckpt['model'].get('name')!r}: "
-                        f"{str(exc).splitlines()[0]}", path) from exc
-    return model.eval()
+    states = list(ckpt.get("members") or [ckpt["state_dict"]])
+    models = []
+    for state in states:
+        model = build_model(dict(ckpt["model"]))
+        try:
+            model.load_state_dict(strip_prefixes(state), strict=True)
+        except RuntimeError as exc:
+            raise DataError(f"weights do not fit architecture {ckpt['model'].get('name')!r}: "
+                            f"{str(exc).splitlines()[0]}", path) from exc
+        models.append(model.eval())
+    if len(models) == 1:
+        return models[0]
+    from agsevnet.models.ensemble import Ensemble
+
+    return Ensemble(models, "sigmoid" if ckpt.get("output") == "regions" else "softmax").eval()
 
 
 def rng_state(generators: Mapping[str, np.random.Generator] | None = None) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from agsevnet.data.case import Case, CaseSpec, Geometry
 from agsevnet.data.labels import CONVENTIONS, INTERNAL_LABELS, from_internal
 from agsevnet.errors import AgsevnetError, ConfigError, DataError
 from agsevnet.infer.postprocess import (
+    COMPONENT_RULES,
+    component_weights,
     keep_main_components,
     regions_to_classes,
     regions_to_labels,
@@ -98,6 +100,7 @@ class Predictor:
         memory_budget: int | None = None,
         output: str = "classes",
         min_component_fraction: float = 0.0,
+        component_rule: str = "size",
         backend: str = "torch",
     ):
         import torch
@@ -117,8 +120,11 @@ class Predictor:
             raise ConfigError(f"model output must be 'classes' or 'regions', got {output!r}")
         if not 0 <= min_component_fraction <= 1:
             raise ConfigError(f"the component fraction must be in [0, 1], got {min_component_fraction}")
+        if component_rule not in COMPONENT_RULES:
+            raise ConfigError(f"component rule must be one of {', '.join(COMPONENT_RULES)}, got {component_rule!r}")
         self.output = output
         self.min_component_fraction = float(min_component_fraction)
+        self.component_rule = component_rule
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.tta = tta_flips(tta)  # validates early
@@ -223,7 +229,11 @@ class Predictor:
             labels = torch.argmax(prob, dim=0).to(torch.uint8).numpy()
             classes = prob.numpy()
         del prob
-        labels = keep_main_components(labels, self.min_component_fraction)
+        weights = None
+        if self.min_component_fraction > 0 and self.component_rule != "size":
+            weights = component_weights(classes, self.component_rule)
+        labels = keep_main_components(labels, self.min_component_fraction, weights)
+        del weights
         labels = relabel_small_enhancing(labels, self.et_threshold)
         return labels, classes
 
@@ -260,7 +270,8 @@ class Predictor:
                                          with_uncertainty=with_uncertainty)
 
 
-INFERENCE_KEYS: tuple[str, ...] = ("strategy", "overlap", "tta", "min_component_fraction", "et_threshold")
+INFERENCE_KEYS: tuple[str, ...] = ("strategy", "overlap", "tta", "min_component_fraction", "component_rule",
+                                   "et_threshold")
 """The ``inference`` config keys a checkpoint records and :class:`Predictor` takes."""
 
 
@@ -475,6 +486,7 @@ def _settings(predictor: Predictor) -> dict[str, Any]:
     return {"output": predictor.output, "strategy": predictor.strategy, "overlap": predictor.overlap,
             "tta_flips": len(predictor.tta), "roi_size": list(predictor.roi_size) if predictor.roi_size else None,
             "et_threshold": predictor.et_threshold, "min_component_fraction": predictor.min_component_fraction,
+            "component_rule": predictor.component_rule,
             "precision": str(predictor.precision), "device": str(predictor.device),
             "preprocess": dict(predictor.preprocess)}
 
