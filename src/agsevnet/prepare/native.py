@@ -123,6 +123,18 @@ def predict_native(input_path: str | Path | None, out_dir: str | Path, checkpoin
         unc = to_native(load_volume(uncertainty_output(atlas_dir, cid))[0].astype(np.float32), record)
         _save_native(uncertainty_output(out_dir, cid), np.clip(unc, 0, 1), record, np.float32)
         files_written["uncertainty"] = uncertainty_output(out_dir, cid).name
+    t1ce_source = record["inputs"]["t1ce"]
+    if t1ce_source.get("format") == "dicom":  # DICOM in: a DICOM Segmentation out, over the T1ce series
+        from agsevnet.prepare import dicom
+
+        reference = next((x for x in dicom.find_series(t1ce_source["path"])
+                          if x.uid == t1ce_source.get("series_instance_uid")), t1ce_source["path"])
+        if np.any(native):
+            seg_dcm = dicom.write_seg(from_internal(native, convention), reference, out_dir / f"{cid}_seg.dcm",
+                                      convention=convention, overwrite=True)
+            files_written["dicom_seg"] = seg_dcm.name
+        else:
+            files_written["dicom_seg"] = None  # no tumour: a SEG needs at least one segment
     seconds = time.perf_counter() - started
     native_record = {**sidecar, "prediction": seg_native.name, "grid": "the input T1ce's (shape and affine)",
                      "native": {"reference": record["inputs"]["t1ce"].get("path"),
