@@ -442,3 +442,35 @@ def test_real_cases_roundtrip(real_data, tmp_path):
     assert a.box == b.box
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
     np.testing.assert_array_equal(np.asarray(a.label), np.asarray(b.label))
+
+
+def test_normalize_brain_clip_is_not_moved_by_an_outlier():
+    """``brain-clip``: each modality clipped to the 0.5-99.5 percentiles of its brain voxels before the z-score, so
+    one extreme voxel moves the statistics under ``brain`` but hardly under ``brain-clip``."""
+    from agsevnet.preprocess import CLIP_PERCENTILES, background_values
+
+    images, _ = _arrays(6)
+    mask = images.any(axis=0)
+    spiked = images.copy()
+    voxel = tuple(np.argwhere(mask)[len(np.argwhere(mask)) // 2])
+    spiked[(0, *voxel)] = 1e6
+    _, clean = normalize(images, mask, "brain")
+    _, plain = normalize(spiked, mask, "brain")
+    out, stats = normalize(spiked, mask, "brain-clip")
+    assert plain["mean"][0] > clean["mean"][0] + 100 and plain["std"][0] > 10 * clean["std"][0]
+    assert stats["mean"][0] == pytest.approx(clean["mean"][0], rel=0.02)
+    assert stats["std"][0] == pytest.approx(clean["std"][0], rel=0.05)
+    assert stats["mode"] == "brain-clip" and stats["voxels"] == int(mask.sum()) and "clip" not in plain
+    assert len(stats["clip"]) == 4
+    for c in range(4):
+        lo, hi = stats["clip"][c]
+        assert [lo, hi] == pytest.approx(list(np.percentile(spiked[c][mask], CLIP_PERCENTILES)))
+        mean, std = stats["mean"][c], stats["std"][c]
+        inside = out[c][mask]
+        assert inside.max() == pytest.approx((hi - mean) / std, rel=1e-5)  # within the clip range
+        assert inside.min() == pytest.approx((lo - mean) / std, rel=1e-5)
+        assert (out[c][~mask] == 0).all()  # the background stays 0 (clipping alone would lift it to lo)
+        clipped = np.clip(spiked[c][mask].astype(np.float64), lo, hi)
+        assert mean == pytest.approx(clipped.mean()) and std == pytest.approx(clipped.std())
+    assert out[(0, *voxel)] == pytest.approx((stats["clip"][0][1] - stats["mean"][0]) / stats["std"][0], rel=1e-5)
+    assert background_values({"normalization": stats, "dtype": "float16"}) == [0.0] * 4

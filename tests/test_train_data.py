@@ -300,3 +300,185 @@ def test_whole_pass_pads_with_the_given_background_value():
     assert torch.all(x[:, 3:13, 2:14, :] == 1.0)  # the image itself, centred
     predict_probabilities(Probe(), image, roi_size=(16, 16, 16), strategy="whole", amp="fp32")
     assert torch.all(seen[-1][0, :, 0] == 0.0)  # default: zeros, as before
+
+
+# ------------------------------------------------- robustness sampling and augmentation (commit e499dea)
+def _brain_case(shape=(20, 20, 20), seed=0, background=0.0):
+    """An ellipsoid brain (values in [0.5, 2] in every channel; FLAIR with a bright streak of normal tissue), the
+    background ``background`` in every channel, and a FLAIR-bright tumour (labels 2 and 1) inside the brain."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=float)
+    brain = sum(((g - (s - 1) / 2) / (s / 2.4)) ** 2 for g, s in zip(grid, shape)) <= 1
+    image = np.full((4, *shape), background, np.float32)
+    image[:, brain] = rng.uniform(0.5, 2.0, size=(4, int(brain.sum())))
+    label = np.zeros(shape, np.uint8)
+    c = [s // 2 for s in shape]
+    label[c[0] - 3 : c[0] + 1, c[1] - 3 : c[1] + 1, c[2] - 3 : c[2] + 1] = 2
+    label[c[0] - 2 : c[0], c[1] - 2 : c[1], c[2] - 2 : c[2]] = 1
+    image[0][label > 0] = 10.0  # the tumour is the brightest thing on FLAIR: it must still never be a negative
+    return image, label, brain
+
+
+def test_bright_negatives_are_bright_normal_brain_deterministic_and_capped():
+    from agsevnet.train.data import bright_negatives
+
+    image, label, brain = _brain_case()
+    idx = bright_negatives(image, label, "c")
+    flair, normal = image[0].reshape(-1), (brain & (label == 0)).reshape(-1)
+    threshold = np.percentile(flair[normal], 90)
+    assert idx.dtype == np.int64 and idx.size > 0
+    assert (label.reshape(-1)[idx] == 0).all()  # outside every tumour label
+    assert brain.reshape(-1)[idx].all()  # inside the brain
+    assert (flair[idx] > threshold).all()  # above the 90th percentile of the normal brain
+    assert idx.size == np.count_nonzero(normal & (flair > threshold))  # and all of them (under the cap)
+    assert np.array_equal(idx, bright_negatives(image, label, "c"))
+    assert np.array_equal(memory_case("c", image, label).negatives, idx)  # memory cases carry them
+
+    capped = bright_negatives(image, label, "c", max_count=10)
+    assert capped.size == 10 and np.isin(capped, idx).all() and np.all(np.diff(capped) > 0)
+    assert np.array_equal(capped, bright_negatives(image, label, "c", max_count=10))  # deterministic per case id
+    others = [bright_negatives(image, label, f"other{i}", max_count=10) for i in range(3)]
+    assert any(not np.array_equal(capped, o) for o in others)  # seeded by the case id
+
+    # a background that is brighter than the brain (its value per channel given) is never a negative
+    image, label, brain = _brain_case(background=5.0)
+    idx = bright_negatives(image, label, "c", background=[5.0] * 4)
+    assert idx.size > 0 and brain.reshape(-1)[idx].all()
+    assert bright_negatives(np.zeros((4, 6, 6, 6), np.float32), np.zeros((6, 6, 6), np.uint8), "e").size == 0
+
+
+def _covers(start, patch, voxel):
+    return all(s <= v < s + p for s, p, v in zip(start, patch, voxel))
+
+
+def test_negative_patches_contain_the_chosen_bright_negative_and_fall_back_without_any():
+    import dataclasses
+
+    image, label, _ = _brain_case((40, 30, 20))
+    base = memory_case("c", image, label)
+    patch = (16, 16, 16)
+    rng = np.random.default_rng(0)
+    for voxel in [(0, 0, 0), (39, 29, 19), (20, 3, 17), (5, 25, 10)]:
+        one = dataclasses.replace(base, negatives=np.array([np.ravel_multi_index(voxel, base.shape)]))
+        starts = [choose_patch(one, patch, rng, foreground=False, negative=True) for _ in range(40)]
+        assert all(_covers(s, patch, voxel) for s in starts), voxel
+        untargeted = [choose_patch(one, patch, rng, foreground=False) for _ in range(200)]
+        assert sum(_covers(s, patch, voxel) for s in untargeted) < 0.6 * 200  # targeting is what does it
+    # no bright negatives: the same draw as an untargeted patch
+    for negatives in (None, np.zeros(0, np.int64)):
+        none = dataclasses.replace(base, negatives=negatives)
+        for seed in range(20):
+            for sampling in ("start", "centre"):
+                a = choose_patch(none, patch, np.random.default_rng(seed), False, negative=True, sampling=sampling)
+                b = choose_patch(none, patch, np.random.default_rng(seed), False, sampling=sampling)
+                assert a == b
+
+
+def test_centre_sampling_covers_the_edges_about_as_often_as_the_middle():
+    shape, patch = (40, 40, 40), (24, 24, 24)
+    label = np.zeros(shape, np.uint8)  # no tumour: every patch is untargeted
+    case = memory_case("u", np.ones((4, *shape), np.float32), label)
+
+    def coverage(sampling):
+        rng = np.random.default_rng(7)
+        counts = np.zeros((3, shape[0]))
+        n = 3000
+        for _ in range(n):
+            start = choose_patch(case, patch, rng, foreground=True, sampling=sampling)
+            for axis in range(3):
+                lo, hi = max(start[axis], 0), min(start[axis] + patch[axis], shape[axis])
+                counts[axis, lo:hi] += 1
+        return counts / n
+
+    for sampling, low, high in (("centre", 0.4, 1.0), ("start", 0.0, 0.15)):
+        cov = coverage(sampling)
+        middle = cov[:, shape[0] // 2]
+        for edge in (cov[:, 0], cov[:, -1]):
+            ratio = edge / middle
+            assert np.all((low <= ratio) & (ratio <= high)), (sampling, ratio)
+    # the patch reaches at most half its size into the padding
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        start = choose_patch(case, patch, rng, foreground=False, sampling="centre")
+        assert all(-p // 2 <= s and s + p // 2 <= d for s, p, d in zip(start, patch, shape))
+
+
+def test_natural_phase_and_negative_share_and_their_errors():
+    import dataclasses
+
+    shape, patch = (40, 40, 40), (16, 16, 16)
+    label = np.zeros(shape, np.uint8)
+    label[2:4, 2:4, 2:4] = 2  # a tiny tumour in a corner: an untargeted patch rarely holds it
+    case = memory_case("t", np.ones((4, *shape), np.float32), label)
+    negative = (37, 36, 35)  # one bright negative in the opposite corner
+    case = dataclasses.replace(case, negatives=np.array([np.ravel_multi_index(negative, shape)]))
+
+    def holds(ds, index, voxel):
+        return _covers(ds._draw(index)[2], patch, voxel)
+
+    ds = PatchDataset([case], patch, 2, seed=1, foreground_share=1.0, natural_from_step=5)
+    assert all(holds(ds, i, (2, 2, 2)) for i in range(10))  # steps 0-4: every patch centred on the tumour
+    assert sum(holds(ds, i, (2, 2, 2)) for i in range(10, 210)) < 20  # from step 5: untargeted
+    ds = PatchDataset([case], patch, 2, seed=1, foreground_share=1.0)  # without the second phase: always targeted
+    assert all(holds(ds, i, (2, 2, 2)) for i in range(10, 60))
+
+    ds = PatchDataset([case], patch, 2, seed=1, negative_share=1.0, natural_from_step=3)
+    assert all(holds(ds, i, negative) for i in range(6))
+    assert sum(holds(ds, i, negative) for i in range(6, 206)) < 20
+    ds = PatchDataset([case], patch, 2, seed=1, foreground_share=0.5, negative_share=0.5)
+    tumour = sum(holds(ds, i, (2, 2, 2)) for i in range(200))
+    bright = sum(holds(ds, i, negative) for i in range(200))
+    assert tumour + bright == 200 and 60 < tumour < 140
+
+    with pytest.raises(ConfigError, match="negative_share"):
+        PatchDataset([case], patch, 2, seed=1, foreground_share=0.7, negative_share=0.5)
+    with pytest.raises(ConfigError, match="sampling"):
+        PatchDataset([case], patch, 2, seed=1, sampling="middle")
+
+
+def _intensity_cfg(**overrides):
+    cfg = dict(load_config("brats-cpu")["augment"], affine_prob=0.0, flip_prob=0.0, intensity_prob=1.0,
+               intensity_shift=1.0, intensity_scale=0.5, noise_prob=1.0, noise_std=0.5, gamma_prob=0.0)
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.mark.parametrize("background", [0.0, -0.8])
+def test_remask_background_restores_the_background_after_intensity_transforms(background):
+    image, label, brain = _brain_case((24, 24, 24), background=background)
+    bg = None if background == 0 else [background] * 4
+    case = memory_case("r", image, label, background=bg)
+    outside = torch.from_numpy(~brain)
+
+    def item(remask, index=0):
+        aug = build_augmentation(_intensity_cfg(remask_background=remask))
+        return PatchDataset([case], (24, 24, 24), 1, seed=0, augment=aug)[index]  # the patch is the whole case
+
+    for index in range(3):
+        on = item(True, index)["image"]
+        assert torch.all(on[:, outside] == background)  # exactly the background value again
+        assert not torch.allclose(on[:, ~outside], torch.from_numpy(image[:, brain]), atol=0.05)  # brain changed
+        off = item(False, index)["image"]
+        assert not torch.all(off[:, outside] == background)  # without it the background is shifted and noisy
+
+
+def test_nnunet_intensity_transforms_run_keep_shapes_and_labels():
+    image, label, brain = _brain_case((24, 24, 24))
+    cfg = _intensity_cfg(contrast_prob=1.0, invert_gamma_prob=1.0, blur_prob=1.0, lowres_prob=1.0, gamma_prob=1.0,
+                         remask_background=True)
+    aug = build_augmentation(cfg)
+    names = [type(t).__name__ for t in aug.intensity.transforms]
+    for expected in ("RandScaleIntensityFixedMeand", "RandAdjustContrastd", "RandGaussianSmoothd",
+                     "RandSimulateLowResolutiond", "RandGaussianNoised"):
+        assert expected in names
+    assert names.count("RandAdjustContrastd") == 2  # gamma and inverted gamma
+    assert aug.flips is None
+    ds = PatchDataset([memory_case("n", image, label)], (24, 24, 24), 1, seed=0, augment=aug)
+    for index in range(2):
+        out = ds[index]
+        assert out["image"].shape == (4, 24, 24, 24) and out["image"].dtype == torch.float32
+        assert torch.isfinite(out["image"]).all()
+        assert torch.equal(out["label"][0], torch.from_numpy(label))  # intensity transforms leave labels alone
+        assert torch.all(out["image"][:, torch.from_numpy(~brain)] == 0)
+        inside = torch.from_numpy(brain)
+        assert not torch.allclose(out["image"][:, inside], torch.from_numpy(image[:, brain]), atol=0.05)

@@ -274,15 +274,24 @@ def plot_case_overlay(
 
 
 def _surface_mesh(mask: np.ndarray, spacing: Sequence[float], max_faces: int):
-    """Triangles (n, 3, 3) in mm of a smoothed mask's 0.5 iso-surface, coarsened to about ``max_faces``."""
+    """Triangles (n, 3, 3) in mm of a smoothed mask's 0.5 iso-surface, coarsened to about ``max_faces``.
+
+    A region too small or thin for its smoothed mask to reach 0.5 anywhere (a few voxels, a one-voxel rim: the
+    smoothing spreads it below the level, and marching cubes then refuses the level) is drawn from the unsmoothed
+    mask instead (blocky, but there); an empty mask gives no triangles."""
     from scipy import ndimage
     from skimage.measure import marching_cubes
 
-    smooth = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), sigma=0.8)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros((0, 3, 3), dtype=np.float32)
+    padded = np.pad(mask.astype(np.float32), 2)  # the zero border keeps 0.5 inside the data range
+    smooth = ndimage.gaussian_filter(padded, sigma=0.8)
+    volume = smooth if smooth.max() > 0.5 else padded
     # Faces scale with the surface area (voxels^(2/3)); step_size s divides their number by about s^2.
     faces_estimate = 4.0 * np.count_nonzero(mask) ** (2 / 3) * 6
     step = max(1, int(math.ceil(math.sqrt(faces_estimate / max_faces))))
-    verts, faces, _normals, _values = marching_cubes(smooth, level=0.5, spacing=tuple(spacing), step_size=step)
+    verts, faces, _normals, _values = marching_cubes(volume, level=0.5, spacing=tuple(spacing), step_size=step)
     verts -= 2 * np.asarray(spacing)  # undo the padding
     return verts[faces]
 
@@ -324,6 +333,8 @@ def plot_surfaces_3d(
             masks = region_masks(to_ras(np.asarray(labels), affine)[0][box])
             # The core is drawn where it does not enhance: an enhancing rim would otherwise hide inside it.
             parts = {"WT": masks["WT"], "TC": masks["TC"] & ~masks["ET"], "ET": masks["ET"]}
+            if not masks["WT"].any():
+                ax.text2D(0.5, 0.5, "no tumour", transform=ax.transAxes, ha="center", va="center")
             for region in DRAW_ORDER:
                 if parts[region].any():
                     mesh = Poly3DCollection(_surface_mesh(parts[region], spacing, max_faces), linewidths=0,
