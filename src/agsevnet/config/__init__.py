@@ -31,7 +31,7 @@ import yaml
 
 from agsevnet.errors import ConfigError
 
-PRESETS: tuple[str, ...] = ("paper", "default", "cpu-small", "brats-cpu")
+PRESETS: tuple[str, ...] = ("paper", "default", "cpu-small", "brats-cpu", "brats-robust")
 """The configurations shipped with the package."""
 
 OPEN_SECTIONS: tuple[str, ...] = ("model", "loss")
