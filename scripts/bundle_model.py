@@ -1,8 +1,10 @@
-"""Turn a trained run into the bundled model shipped in ``src/agsevnet/weights/<name>.pt``.
+"""Turn trained runs into the bundled model shipped in ``src/agsevnet/weights/<name>.pt``.
 
-    python scripts/bundle_model.py RUN/last.pt --crossval CV/crossval.json --name brats-cpu \
-        --training "..." [--check-case ../shared/data/brats-real/BraTS2021_00002]
+    python scripts/bundle_model.py RUN/last.pt [RUN2/last.pt ...] --crossval CV/crossval.json --name brats-cpu \
+        --training "..." [--reference ../shared/data/brats-real/BraTS2021_00002] [--inference component_rule=core]
 
+Several checkpoints of one architecture (e.g. the fold models of a cross-validation) become one ensemble
+checkpoint (``members``: their probabilities are averaged at inference).
 Drops the training state, stores the weights in float16 (checked: the labels predicted on ``--check-case`` with
 the float16 weights are compared voxel by voxel with the float32 weights' and the difference printed; pass
 ``--full`` to keep float32), and records the model card (cross-validated figures from ``crossval.json``, the
@@ -21,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoints", type=Path, nargs="+")
     parser.add_argument("--crossval", type=Path, required=True, help="crossval.json of the recipe")
     parser.add_argument("--name", default="brats-cpu")
     parser.add_argument("--training", required=True, help="how, on what and how long it was trained")
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--inference-from", help="a preset whose inference section replaces the checkpoint's (when "
                         "the recipe's postprocessing was chosen after this run was trained; the card's figures must "
                         "come from a cross-validation with the same settings)")
+    parser.add_argument("--inference", action="append", default=[], metavar="KEY=VALUE",
+                        help="an inference setting to store (e.g. component_rule=core, overlap=0.25); repeatable")
     args = parser.parse_args()
 
 
@@ -42,7 +46,14 @@ def main() -> None:
     from agsevnet.infer.bundled import bundle_checkpoint
     from agsevnet.infer.predictor import Predictor
 
-    ckpt = load_checkpoint(args.checkpoint)
+    import yaml
+
+    ckpts = [load_checkpoint(path) for path in args.checkpoints]
+    ckpt = ckpts[0]
+    if len(ckpts) > 1:
+        if any(c["model"] != ckpt["model"] or c["preprocess"] != ckpt["preprocess"] for c in ckpts):
+            raise SystemExit("the checkpoints differ in architecture or preprocessing: they cannot form one ensemble")
+        ckpt["members"] = [c["state_dict"] for c in ckpts]
     cv = json.loads(args.crossval.read_text())
     if args.inference_from:
         from agsevnet.config import load_config
@@ -50,6 +61,10 @@ def main() -> None:
         inference = dict(load_config(args.inference_from)["inference"])
         ckpt["inference"] = inference
         ckpt["config"]["inference"] = inference
+    for item in args.inference:
+        key, _, value = item.partition("=")
+        ckpt["inference"] = {**ckpt["inference"], key: yaml.safe_load(value)}
+        ckpt["config"]["inference"] = ckpt["inference"]
     if cv.get("inference") and any(ckpt["inference"].get(k) != v for k, v in cv["inference"].items()):
         raise SystemExit(f"the cross-validation used inference settings {cv['inference']}, the checkpoint carries "
                          f"{ckpt['inference']}: the card's figures would not describe the model")
@@ -57,6 +72,7 @@ def main() -> None:
     card = {
         "summary": args.summary,
         "training": args.training,
+        "members": len(ckpts),
         "recipe": ckpt["config"].get("preset"),
         "config": ckpt["config"],
         "crossval": {**cv["mean"], "patients": patients, "folds": len(cv["folds"]), "hd95_rule": cv.get("hd95_rule"),

@@ -67,7 +67,9 @@ def model_card(name: str) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     card = dict(ckpt.get("card") or {})
     card.update({"name": name, "file": str(path), "bytes": path.stat().st_size,
-                 "parameters": int(sum(v.numel() for v in ckpt["state_dict"].values() if hasattr(v, "numel")))})
+                 "members": len(ckpt.get("members") or [ckpt["state_dict"]]),
+                 "parameters": int(sum(v.numel() for state in (ckpt.get("members") or [ckpt["state_dict"]])
+                                       for v in state.values() if hasattr(v, "numel")))})
     return card
 
 
@@ -80,11 +82,19 @@ def bundle_checkpoint(ckpt: Mapping[str, Any], card: Mapping[str, Any], *, half:
     from agsevnet.checkpoint import to_plain
 
     keep = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "best", "elapsed_s")}
-    state = {}
-    for key, value in ckpt["state_dict"].items():
-        if half and isinstance(value, torch.Tensor) and value.is_floating_point():
-            value = value.to(torch.float16)
-        state[key] = value
-    keep["state_dict"] = state
+
+    def shrink(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in state_dict.items():
+            if half and isinstance(value, torch.Tensor) and value.is_floating_point():
+                value = value.to(torch.float16)
+            out[key] = value
+        return out
+
+    if ckpt.get("members"):  # an ensemble: "state_dict" is the first member (the same tensors, stored once)
+        keep["members"] = [shrink(m) for m in ckpt["members"]]
+        keep["state_dict"] = keep["members"][0]
+    else:
+        keep["state_dict"] = shrink(ckpt["state_dict"])
     keep["card"] = to_plain(dict(card), "card")
     return keep

@@ -36,11 +36,36 @@ def _superior_axis(affine: np.ndarray) -> tuple[int, float]:
     return axis, float(np.sign(col[axis]) or 1.0)
 
 
-def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np.ndarray, affine: np.ndarray,
+TWO_REGIONS_RATIO = 0.3
+TWO_REGIONS_MM = 40.0
+INFERIOR_FLAG = 0.2
+MEMBER_DICE_FLAG = 0.8
+
+
+def flag_reasons(signals: dict[str, Any]) -> list[str]:
+    """The reasons to check a case, from its :func:`case_signals` (computed on the labels before the component
+    filter, which would hide the evidence). Thresholds measured on cross-validated predictions
+    (docs/experiments.md, "Saying when a result looks wrong"): the failures there were a second region as large
+    as the tumour far from it, and false tumour at the bottom of the brain."""
+    reasons = []
+    if signals.get("second_ratio", 0.0) >= TWO_REGIONS_RATIO and signals.get("separation_mm", 0.0) >= TWO_REGIONS_MM:
+        reasons.append(f"two far-apart tumour regions of similar size (second {signals['second_ratio']:.0%} of the "
+                       f"largest, {signals['separation_mm']:.0f} mm apart): one may be normal anatomy")
+    if signals.get("inferior_fraction", 0.0) >= INFERIOR_FLAG:
+        reasons.append(f"{signals['inferior_fraction']:.0%} of the tumour in the lowest quarter of the brain "
+                       "(cerebellum, brainstem: often bright on FLAIR and mistaken for tumour)")
+    if signals.get("member_dice", 1.0) < MEMBER_DICE_FLAG:
+        reasons.append(f"the ensemble's members disagree (whole-tumour Dice between them {signals['member_dice']:.2f})")
+    return reasons
+
+
+def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np.ndarray | None, affine: np.ndarray,
                  spacing: Sequence[float], members: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """The signals of the module docstring for internal ``labels`` (X, Y, Z) on a crop with its ``brain`` mask,
     the input's ``affine`` (for the superior direction) and voxel ``spacing`` (mm); ``members``: the member
-    class probabilities ``(4, X, Y, Z)`` of an ensemble (optional)."""
+    class probabilities ``(4, X, Y, Z)`` of an ensemble (optional). Without ``brain`` (prediction, where the
+    crop is the brain's bounding box) the crop's extent stands for the brain's and ``edge_fraction`` is not
+    computed (the distance transform costs about half a second on a BraTS crop)."""
     from scipy import ndimage
 
     spacing = tuple(float(s) for s in spacing)
@@ -59,15 +84,19 @@ def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np
             centres = ndimage.center_of_mass(tumour, comp, [int(order[0]) + 1, int(order[1]) + 1])
             out["separation_mm"] = float(np.linalg.norm((np.subtract(centres[0], centres[1])) * np.asarray(spacing)))
         axis, sign = _superior_axis(affine)
-        brain_idx = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
+        extent_mask = brain if brain is not None else np.ones(tumour.shape, dtype=bool)
+        brain_idx = np.flatnonzero(extent_mask.any(axis=tuple(a for a in range(3) if a != axis)))
         if brain_idx.size:
             lo, hi = int(brain_idx[0]), int(brain_idx[-1])
             extent = hi - lo + 1
             coords = np.nonzero(tumour)[axis]
             height = (coords - lo) if sign > 0 else (hi - coords)
             out["inferior_fraction"] = float(np.mean(height < INFERIOR_SHARE * extent))
-        depth = ndimage.distance_transform_edt(brain, sampling=spacing)
-        out["edge_fraction"] = float(np.mean(depth[tumour] <= EDGE_MM))
+        if brain is not None:
+            depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+            out["edge_fraction"] = float(np.mean(depth[tumour] <= EDGE_MM))
+        else:
+            out.pop("edge_fraction")
     if probabilities is not None:
         p = np.asarray(probabilities)
         out["confidence"] = float(p.max(axis=0)[tumour].mean()) if tumour.any() else 1.0
