@@ -85,6 +85,16 @@ def test_prepare_round_trip_on_a_moved_thick_slice_phantom(phantom_case) -> None
     assert json.loads((case_dir / "prepare.json").read_text())["qc"] == qc
 
 
+def test_prepare_is_rigid_by_default(phantom_case) -> None:
+    from agsevnet.prepare.geometry import from_list
+
+    record = phantom_case[-1].record
+    assert record["registration"]["atlas_transform"] == "rigid"
+    assert [r["kind"] for r in record["registration"]["t1ce_to_atlas"]] == ["rigid"]
+    lin = from_list(record["transforms"]["t1ce_to_atlas"])[:3, :3]
+    np.testing.assert_allclose(np.linalg.svd(lin, compute_uv=False), 1.0, atol=1e-5)  # the brain keeps its size
+
+
 def test_prepare_keeps_a_finished_case_and_refuses_other_inputs(phantom_case) -> None:
     from agsevnet.errors import OutputExistsError
     from agsevnet.prepare.pipeline import prepare
@@ -94,6 +104,26 @@ def test_prepare_keeps_a_finished_case_and_refuses_other_inputs(phantom_case) ->
     assert again.skipped
     with pytest.raises(OutputExistsError):
         prepare(folder, tmp / "prepared", files={"t1": folder / "AX_T2_TSE.nii.gz"})
+    with pytest.raises(OutputExistsError, match="other inputs or settings"):
+        prepare(folder, tmp / "prepared", atlas_transform="affine")
+
+
+def test_prepare_affine_on_request(phantom_case) -> None:
+    from agsevnet.errors import ConfigError
+    from agsevnet.prepare.geometry import from_list
+    from agsevnet.prepare.pipeline import prepare
+
+    tmp, folder, *_ = phantom_case
+    with pytest.raises(ConfigError, match="rigid, affine"):
+        prepare(folder, tmp / "bad", atlas_transform="similarity")
+    done = prepare(folder, tmp / "affine", atlas_transform="affine", picture=False)
+    record = done.record
+    assert [r["kind"] for r in record["registration"]["t1ce_to_atlas"]] == ["rigid", "affine"]
+    rigid, affine = (from_list(record["transforms"][k]) for k in ("t1ce_to_atlas_rigid", "t1ce_to_atlas"))
+    assert not np.allclose(rigid, affine)  # the affine stage ran from the rigid result
+    masks = [np.asarray(nib.load(d / "patient_t1ce.nii.gz").dataobj) > 0
+             for d in (done.case_dir, phantom_case[-1].case_dir)]
+    assert dice(*masks) >= 0.9  # the same brain, up to the affine's scaling
 
 
 def test_labels_go_back_onto_the_t1ce_grid(phantom_case) -> None:

@@ -1,5 +1,6 @@
 """A real BraTS case re-recorded as a clinical acquisition (each sequence its own rigid pose of up to 12 deg and
-15 mm, 0.9 x 0.9 x 5 mm axial slices), then ``prepare`` and ``predict --prepare`` (issue 16)."""
+15 mm, 0.9 x 0.9 x 5 mm axial slices), then ``prepare`` and ``predict --prepare`` (issue 16): against the original
+on the BraTS grid, against the original prepared unmoved, and the bundled model's Dice on the native grid."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ pytest.importorskip("SimpleITK")
 from prepare_helpers import acquire, back_on_atlas, brain_centre_lps, dice, random_pose  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
-CASE = "BraTS2021_00000"
 
 
-def test_real_case_as_a_clinical_acquisition_round_trip(real_data, tmp_path) -> None:
+# Where rigid registration to the SRI24 brain puts the unmoved cases of ../shared (2026-12-05): the brain's centre
+# within 1.9 mm (turned 0.8-5.3 deg) of its BraTS position for the BraTS 2018-2020 cases (BraTS20_Training_001:
+# 0.6 mm, 3.6 deg), 5.9-11.0 mm for the BraTS 2021 ones.
+ATLAS_CONFORMANT = ("BraTS20_Training_001",)
+
+
+@pytest.mark.parametrize("CASE", ["BraTS20_Training_001", "BraTS2021_00000"])
+def test_real_case_as_a_clinical_acquisition_round_trip(real_data, tmp_path, CASE) -> None:
     from agsevnet.data.labels import region_masks, to_internal
     from agsevnet.infer.bundled import resolve_model
     from agsevnet.infer.predictor import predict
@@ -72,24 +79,78 @@ def test_real_case_as_a_clinical_acquisition_round_trip(real_data, tmp_path) -> 
     orig = to_internal(np.asarray(nib.load(tmp_path / "orig" / f"{CASE}.nii.gz").dataobj).astype(np.uint8),
                        "brats2020")
 
+    # the original itself prepared (unmoved, 1 mm): where prepare puts this brain, whatever its BraTS position
+    from agsevnet.prepare.pipeline import prepare
+
+    direct = prepare(src, tmp_path / "direct", files={m: src / f"{CASE}_{m}.nii.gz" for m in MODALITIES},
+                     case_id="direct", picture=False)
+    direct_mask = np.asarray(nib.load(direct.case_dir / "direct_t1ce.nii.gz").dataobj) > 0
+    from agsevnet.prepare.geometry import motion
+
+    direct_motion = motion(from_list(direct.record["transforms"]["atlas_to_native"]["t1ce"]), centre)
+
     def scores(pred, truth):
         p, t = region_masks(pred), region_masks(truth)
         return {r: round(dice(p[r], t[r]), 4) for r in ("WT", "TC", "ET")}
 
-    figures = {"mask_dice": round(mask_dice, 4), "mask_dice_found_transform": round(consistent_dice, 4), "original": scores(orig, gt),
+    figures = {"case": CASE, "mask_dice": round(mask_dice, 4),
+               "mask_dice_vs_prepared_original": round(dice(got_mask, direct_mask), 4),
+               "original_to_atlas": direct_motion, "mask_dice_found_transform": round(consistent_dice, 4), "original": scores(orig, gt),
                "native_probabilities": scores(by_prob, gt_native), "native_nearest": scores(by_nearest, gt_native),
                "atlas_space": scores(atlas_labels, np.rint(back_on_atlas(gt.astype(np.float32), found)).astype(np.uint8)),
                "qc": record["prepare_qc"], "seconds": prepared["seconds"]}
     print(json.dumps(figures))
     assert prepared["qc"]["skull_stripped_input"]
-    # Against the original on the BraTS grid: 0.93 here (issue 16 asks for 0.95). What is missing is the atlas
-    # registration, not the round trip: the unmoved BraTS 2021 case itself registers to the shipped SRI24 brain
-    # 6-7 mm / 5 deg away from identity (a BraTS 2020 case: 0.7 mm), and the prepared brain matches the original
-    # seen through the transform that was found with Dice 0.97.
+    # The round trip itself: the moved thick-slice acquisition lands where prepare puts the unmoved original
+    # (measured 2026-12-05: 0.987 and 0.986), and the prepared brain matches the original seen through the transform
+    # that was found.
+    assert figures["mask_dice_vs_prepared_original"] >= 0.95
     assert consistent_dice >= 0.95
-    assert mask_dice >= 0.9
-    # Issue 16 asks for the native WT Dice within 0.1 of the original's (0.92): measured 0.66 here, with false
-    # edema along the posterior brain surface of the thick-slice case (the bundled model's weakness on 5 mm
-    # slices, see the README); asserted: no worse than that, and the tumour core kept.
-    for key in ("native_probabilities", "native_nearest"):
-        assert figures[key]["WT"] >= 0.6 and figures[key]["TC"] >= figures["original"]["TC"] - 0.15
+    if CASE in ATLAS_CONFORMANT:
+        # issue 16's targets, on a case whose BraTS position is where the SRI24 atlas puts it (measured: mask Dice
+        # 0.972; WT 0.904-0.908 on the native grid against 0.914 on the original)
+        assert mask_dice >= 0.95
+        for key in ("native_probabilities", "native_nearest"):
+            assert figures[key]["WT"] >= figures["original"]["WT"] - 0.1
+    else:
+        # BraTS2021_00000 sits 7.2 mm / 5.2 deg from where rigid registration to the SRI24 brain puts it (every
+        # BraTS 2021 case here: 6-11 mm; registration variants leave the same residual, see the README), so no
+        # atlas registration gives its BraTS position back: mask Dice 0.926 against the original. The bundled
+        # model's WT on the thick-slice case: 0.66 against 0.92 on the original (false edema along the brain
+        # surface); asserted: no worse than that, and the tumour core kept.
+        assert mask_dice >= 0.9
+        for key in ("native_probabilities", "native_nearest"):
+            assert figures[key]["WT"] >= 0.6 and figures[key]["TC"] >= figures["original"]["TC"] - 0.15
+
+
+def test_prepare_does_not_depend_on_the_slice_order_of_the_files(real_data, tmp_path) -> None:
+    """The scanner's TCGA-FG-6692 stored with every series' slices in the opposite order (as one DICOM reader or
+    converter does and another does not) is the same images in the same world, and must be prepared the same.
+    Before the inputs were put in one voxel order (``pipeline.canonical``), the registration grids and their
+    random samples followed the file's order: transforms 4.4-4.8 mm apart (95th percentile over the brain), brain
+    Dice 0.973 between the two; with the affine stage 8.8-9.4 mm and 1618 against 1712 ml. Measured with it
+    (2026-12-05): 0.52 mm, Dice 0.998, 1601.1 against 1600.3 ml (the header's float32 origin rounds differently
+    once reversed, and the registration's end point moves within its own precision)."""
+    from agsevnet.prepare.atlas import BRATS_AFFINE
+    from agsevnet.prepare.geometry import LPS, from_list
+    from agsevnet.prepare.pipeline import prepare
+
+    src = real_data.parent / "clinical-raw" / "TCGA-FG-6692"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    reversed_dir = tmp_path / "reversed" / src.name
+    reversed_dir.mkdir(parents=True)
+    for path in sorted(src.glob("*.nii.gz")):
+        img = nib.load(path)
+        n = img.shape[2]
+        flip = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, n - 1], [0, 0, 0, 1]], float)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, ::-1].copy(), img.affine @ flip), reversed_dir / path.name)
+    done = [prepare(folder, tmp_path / f"out{i}", picture=False) for i, folder in enumerate((src, reversed_dir))]
+    masks = [np.asarray(nib.load(d.case_dir / f"{d.case_id}_t1ce.nii.gz").dataobj) > 0 for d in done]
+    pts = LPS @ BRATS_AFFINE @ np.c_[np.argwhere(masks[0])[::500], np.ones(len(np.argwhere(masks[0])[::500]))].T
+    for m in MODALITIES:
+        a, b = (from_list(d.record["transforms"]["atlas_to_native"][m]) @ pts for d in done)
+        assert np.percentile(np.linalg.norm((a - b)[:3], axis=0), 95) < 1.5, m
+    assert dice(*masks) >= 0.99
+    volumes = [d.record["qc"]["brain_volume_ml"] for d in done]
+    assert abs(volumes[1] / volumes[0] - 1) < 0.005, volumes

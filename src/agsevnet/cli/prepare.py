@@ -24,6 +24,9 @@ def prepare_command(
     case_id: str | None = typer.Option(None, "--case-id", help="The case's name (default: INPUT's folder name)."),
     bias_correction: bool = typer.Option(False, "--bias-correction", help="N4 bias-field correction of each "
                                          "sequence first (off by default: see the README's measurements)."),
+    atlas_transform: str = typer.Option("rigid", "--atlas-transform", help="T1ce to the SRI24 atlas: rigid (the "
+                                        "brain keeps its size, as in the BraTS releases) or affine (rigid, then "
+                                        "affine)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo a case already prepared."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
 ) -> None:
@@ -41,6 +44,7 @@ def prepare_command(
     tune_cpu_runtime(all_threads="OMP_NUM_THREADS" not in os.environ)  # an explicit thread count wins
     log = None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True))
     result = prepare(input_path, out, files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}, case_id=case_id,
-                     overwrite=overwrite, bias_correction=bias_correction, log=log)
+                     overwrite=overwrite, bias_correction=bias_correction,
+                     atlas_transform=atlas_transform, log=log)
     typer.echo(result.line)
     typer.echo(f"written: {result.case_dir} (prepare.json: transforms and checks; prepare.png: a picture to look at)")

@@ -4,8 +4,10 @@ Steps (each sequence is resampled once, with its composed transform):
 1. (optional) N4 bias-field correction of each sequence on its own grid;
 2. FLAIR, T1 and T2 rigidly to the T1ce (Mattes MI, 3 levels, 2 mm isotropic registration grids, started from
    the scanner's coordinates);
-3. the T1ce to the SRI24 T1 head template (rigid from the centres of mass, then affine); inputs that are
-   skull-stripped already go to the atlas brain instead;
+3. the T1ce to the SRI24 T1 head template (rigid from the centres of mass; optionally then affine); inputs
+   that are skull-stripped already go to the atlas brain instead. Rigid by default: the BraTS releases keep
+   each brain's size and shape (an affine stage scaled unmoved BraTS brains by 0.93-1.04 per axis, and made the
+   brain volume a figure of the registration rather than of the patient);
 4. the T1ce onto the BraTS grid, brain extraction there (deepbet; the T1ce's support for skull-stripped inputs);
 5. FLAIR, T1, T2 onto the BraTS grid through (2) then (3); everything outside the brain set to 0;
 6. quality checks (:mod:`.qc`), ``prepare.json`` and ``prepare.png``.
@@ -102,18 +104,40 @@ def _coverage(mask: np.ndarray, src: SourceImage, matrix: np.ndarray) -> float:
     return float(inside.mean())
 
 
+ATLAS_TRANSFORMS = ("rigid", "affine")
+
+
+def canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` with its axes permuted and flipped into the order closest to RAS, and the affine of that order:
+    the same image in the same world, so that what follows (registration grids, their random samples) does not
+    depend on how the file stores its voxels (slices head-to-feet or feet-to-head, DICOM or NIfTI)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(data, ornt)
+    return np.ascontiguousarray(out), affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+
+
 def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool = False,
+                   atlas_transform: str = "rigid",
                    log: Callable[[str], None] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     """The four prepared volumes on the BraTS grid (float32, 0 outside the brain), the brain mask and the record
-    (transforms, registration figures, QC, seconds) of four source images."""
+    (transforms, registration figures, QC, seconds) of four source images. ``atlas_transform``: ``rigid`` (the
+    default: the brain keeps its size and shape, as in the BraTS releases) or ``affine`` (rigid, then affine)."""
+    from agsevnet.errors import ConfigError
     from agsevnet.prepare import register
+
+    if atlas_transform not in ATLAS_TRANSFORMS:
+        raise ConfigError(f"atlas transform must be one of {', '.join(ATLAS_TRANSFORMS)}, got {atlas_transform!r}")
 
     s = sitk()
     say = log or (lambda _msg: None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = {m: sources[m].data for m in MODALITIES}
-    native = {m: to_sitk(data[m], sources[m].image.affine) for m in MODALITIES}
+    data, affines = {}, {}
+    for m in MODALITIES:
+        data[m], affines[m] = canonical(sources[m].data, sources[m].image.affine)
+    native = {m: to_sitk(data[m], affines[m]) for m in MODALITIES}
     zooms = sources["t1ce"].image.header.get_zooms()[:3]
     stripped = brain_mod.is_skull_stripped(data["t1ce"], zooms)
     if bias_correction:
@@ -124,7 +148,8 @@ def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool 
     atlas = _atlas_images(stripped)
     say("registering the T1ce to the SRI24 atlas")
     rigid = register.rigid(atlas, reg_images["t1ce"], init="moments")
-    aff = register.affine(atlas, reg_images["t1ce"], rigid.matrix)
+    aff = register.affine(atlas, reg_images["t1ce"], rigid.matrix) if atlas_transform == "affine" else rigid
+    atlas_regs = [rigid.to_json()] + ([aff.to_json()] if aff is not rigid else [])
     seconds["atlas_registration"] = time.perf_counter() - t
     t = time.perf_counter()
     to_t1ce: dict[str, np.ndarray] = {"t1ce": np.eye(4)}
@@ -184,8 +209,9 @@ def prepare_images(sources: Mapping[str, SourceImage], *, bias_correction: bool 
             "native_to_atlas": {m: as_list(np.linalg.inv(composed[m])) for m in MODALITIES},
             "interpolation": "linear, after a Gaussian anti-aliasing filter along the input axes finer than 1 mm",
         },
-        "registration": {"t1ce_to_atlas": [rigid.to_json(), aff.to_json()],
+        "registration": {"t1ce_to_atlas": atlas_regs,
                          **{m: r.to_json() for m, r in seq_regs.items()},
+                         "atlas_transform": atlas_transform,
                          "metric": "Mattes mutual information (32 bins, 5% random samples), 2 mm grids",
                          "atlas": "SRI24 T1 " + ("brain (input skull-stripped)" if stripped else "head")},
         "bias_correction": "N4 (SimpleITK)" if bias_correction else None,
@@ -227,7 +253,7 @@ def read_record(case_dir: str | Path) -> dict[str, Any]:
 
 def prepare(input_path: str | Path | None, out_dir: str | Path, *, files: Mapping[str, Any] | None = None,
             case_id: str | None = None, overwrite: bool = False, bias_correction: bool = False,
-            picture: bool = True, log: Callable[[str], None] | None = None) -> Prepared:
+            atlas_transform: str = "rigid", picture: bool = True, log: Callable[[str], None] | None = None) -> Prepared:
     """Prepare one patient (``input_path`` a folder, and/or ``files``: modality -> file) into
     ``out_dir/<case>/``: the four BraTS-named files on the BraTS grid, ``prepare.json`` and ``prepare.png``. A case
     already prepared from the same inputs is kept unless ``overwrite``."""
@@ -246,12 +272,16 @@ def prepare(input_path: str | Path | None, out_dir: str | Path, *, files: Mappin
             old = json.loads(record_path.read_text())
         except (OSError, ValueError):
             old = None
-        if old and old.get("inputs") == inputs and all(p.exists() for p in targets.values()):
+        same = old and old.get("inputs") == inputs and (
+            old.get("registration", {}).get("atlas_transform", "affine") == atlas_transform)
+        if same and all(p.exists() for p in targets.values()):
             return Prepared(case_id, case_dir, old, skipped=True)
-        raise OutputExistsError("a prepared case from other inputs is there; --overwrite replaces it", case_dir)
+        raise OutputExistsError("a prepared case from other inputs or settings is there; --overwrite replaces it",
+                                case_dir)
     if case_dir.exists() and any(case_dir.iterdir()) and not overwrite and not record_path.exists():
         raise OutputExistsError("folder exists and is not empty; --overwrite replaces it", case_dir)
-    images, mask, record = prepare_images(sources, bias_correction=bias_correction, log=log)
+    images, mask, record = prepare_images(sources, bias_correction=bias_correction, atlas_transform=atlas_transform,
+                                          log=log)
     case_dir.mkdir(parents=True, exist_ok=True)
     for m in MODALITIES:
         _save(targets[m], images[m])
