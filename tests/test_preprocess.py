@@ -474,3 +474,24 @@ def test_normalize_brain_clip_is_not_moved_by_an_outlier():
         assert mean == pytest.approx(clipped.mean()) and std == pytest.approx(clipped.std())
     assert out[(0, *voxel)] == pytest.approx((stats["clip"][0][1] - stats["mean"][0]) / stats["std"][0], rel=1e-5)
     assert background_values({"normalization": stats, "dtype": "float16"}) == [0.0] * 4
+
+
+def test_pad_channels_fills_each_channel_with_its_own_value_for_arrays_and_tensors():
+    import torch
+
+    from agsevnet.preprocess import pad_channels
+
+    arr = np.arange(2 * 2 * 3 * 1, dtype=np.float32).reshape(2, 2, 3, 1) + 10
+    pads = [(1, 0), (0, 2), (3, 1)]
+    out = pad_channels(arr, pads, [-1.5, 7.0])
+    assert out.shape == (2, 3, 5, 5) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 1:, :3, 3:4], arr)  # the image where the pads put it
+    inside = np.zeros(out.shape[1:], bool)
+    inside[1:, :3, 3:4] = True
+    assert np.all(out[0][~inside] == -1.5) and np.all(out[1][~inside] == 7.0)
+    batch = torch.from_numpy(arr)[None]  # (N, C, X, Y, Z), as inference pads it
+    np.testing.assert_array_equal(pad_channels(batch, pads, [-1.5, 7.0])[0].numpy(), out)
+    labels = np.ones((1, 2, 3, 1), np.uint8)
+    assert pad_channels(labels, pads).sum() == 6 and pad_channels(labels, pads).dtype == np.uint8
+    with pytest.raises(ValueError, match="3 padding values for 2 channels"):
+        pad_channels(arr, pads, [0, 0, 0])

@@ -212,16 +212,15 @@ def sliding_window(batch: torch.Tensor, roi: Sequence[int], network, *, overlap:
     prediction with the bundled model; and MONAI pads with one value for every channel.
     """
     import torch
-    import torch.nn.functional as F
+
+    from agsevnet.preprocess.transforms import pad_channels
 
     roi = tuple(int(r) for r in roi)
     spatial = tuple(int(s) for s in batch.shape[2:])
     size = tuple(max(s, r) for s, r in zip(spatial, roi))
     before = [(t - s) // 2 for s, t in zip(spatial, size)]
     if size != spatial:
-        pad_arg = [v for s, t, b in reversed(list(zip(spatial, size, before))) for v in (b, t - s - b)]
-        fill = [float(v) for v in pad_value] if isinstance(pad_value, Sequence) else [float(pad_value)] * batch.shape[1]
-        batch = torch.cat([F.pad(batch[:, c:c + 1], pad_arg, value=v) for c, v in enumerate(fill)], 1)
+        batch = pad_channels(batch, [(b, t - s - b) for s, t, b in zip(spatial, size, before)], pad_value)
     if mode == "gaussian":
         weights = gaussian_importance(roi).to(batch.device)
     elif mode == "constant":
@@ -287,7 +286,8 @@ def predict_probabilities(
     :func:`torch.inference_mode`; its train/eval mode is restored afterwards.
     """
     import torch
-    import torch.nn.functional as F
+
+    from agsevnet.preprocess.transforms import pad_channels
 
     device = torch.device(device)
     precision = resolve_precision(amp, device)
@@ -314,16 +314,12 @@ def predict_probabilities(
 
     if chosen == "whole":
         target = padded_shape(spatial, model_divisor(model, divisor))
-        # F.pad takes (last-dim before, last-dim after, ..., first-dim before, first-dim after).
-        pads = [(t - s) // 2 for s, t in zip(spatial, target)]
-        pad_arg = [v for s, t, p in reversed(list(zip(spatial, target, pads))) for v in (p, t - s - p)]
-        region = tuple(slice(p, p + s) for p, s in zip(pads, spatial))
+        pads = [((t - s) // 2, t - s - (t - s) // 2) for s, t in zip(spatial, target)]
+        region = tuple(slice(b, b + s) for (b, _), s in zip(pads, spatial))
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             # pad_value: the image's background per channel (0, or -mean/std under whole-image normalisation)
-            fill = [float(v) for v in pad_value] if isinstance(pad_value, Sequence) else [float(pad_value)] * batch.shape[1]
-            out = network(torch.cat([F.pad(batch[:, c:c + 1], pad_arg, value=v) for c, v in enumerate(fill)], 1)
-                          if any(fill) else F.pad(batch, pad_arg))
+            out = network(pad_channels(batch, pads, pad_value))
             return out[(slice(None), slice(None), *region)]
     else:
         roi = tuple(int(r) for r in roi_size)

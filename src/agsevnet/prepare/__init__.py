@@ -1,8 +1,8 @@
 """``agsevnet prepare``: scans as they come from the scanner -> a BraTS-conformant case (issue 16).
 
 The stage before :mod:`agsevnet.preprocess`: four sequences in any orientation and voxel size are co-registered
-(FLAIR, T1, T2 rigidly to the T1ce), brought onto the SRI24 atlas grid of the BraTS releases (the T1ce affinely
-to the atlas), skull-stripped, and each resampled once with its composed transform. ``prepare.json`` holds every
+(FLAIR, T1, T2 rigidly to the T1ce), brought onto the SRI24 atlas grid of the BraTS releases (the T1ce rigidly,
+or on request rigidly then affinely, to the atlas), skull-stripped, and each resampled once with its composed transform. ``prepare.json`` holds every
 transform, so that a label map on the atlas grid goes back onto the scanner's grid (:mod:`.native`).
 
 Modules: :mod:`.sequences` (which file is which), :mod:`.inputs` (a folder -> four images), :mod:`.atlas`,

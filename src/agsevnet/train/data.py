@@ -268,6 +268,8 @@ def read_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int], patch
                background: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patch at ``start`` (may be negative) as float32 image and uint8 label arrays; outside the volume the
     label is 0 and the image the ``background`` value of each channel (None: 0)."""
+    from agsevnet.preprocess.transforms import pad_channels
+
     shape = label.shape
     patch = tuple(int(p) for p in patch)
     src = tuple(slice(max(s, 0), min(s + p, d)) for s, p, d in zip(start, patch, shape))
@@ -275,13 +277,8 @@ def read_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int], patch
     lab = np.array(label[src], dtype=np.uint8)
     if img.shape[1:] == patch:
         return img, lab
-    out_img = np.empty((image.shape[0], *patch), dtype=np.float32)
-    out_img[...] = 0.0 if background is None else np.asarray(background, np.float32).reshape(-1, 1, 1, 1)
-    out_lab = np.zeros(patch, dtype=np.uint8)
-    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
-    out_img[(slice(None), *dst)] = img
-    out_lab[dst] = lab
-    return out_img, out_lab
+    pads = [(sl.start - s, s + p - sl.stop) for sl, s, p in zip(src, start, patch)]
+    return pad_channels(img, pads, 0.0 if background is None else background), pad_channels(lab[None], pads)[0]
 
 
 # ------------------------------------------------------------------------------------------- augmentation
