@@ -117,7 +117,8 @@ def test_real_case_as_a_clinical_acquisition_round_trip(real_data, tmp_path, CAS
         # BraTS 2021 case here: 6-11 mm; registration variants leave the same residual, see the README), so no
         # atlas registration gives its BraTS position back: mask Dice 0.926 against the original. The bundled
         # model's WT on the thick-slice case: 0.66 against 0.92 on the original (false edema along the brain
-        # surface); asserted: no worse than that, and the tumour core kept.
+        # surface); on the original prepared unmoved (1 mm, at the atlas fit) 0.915: the 5 mm slices cost it, not
+        # the position. Asserted: no worse than that, and the tumour core kept.
         assert mask_dice >= 0.9
         for key in ("native_probabilities", "native_nearest"):
             assert figures[key]["WT"] >= 0.6 and figures[key]["TC"] >= figures["original"]["TC"] - 0.15
