@@ -108,14 +108,15 @@ def test_prepare_keeps_a_finished_case_and_refuses_other_inputs(phantom_case) ->
         prepare(folder, tmp / "prepared", atlas_transform="affine")
 
 
-def test_prepare_affine_on_request(phantom_case) -> None:
-    from agsevnet.errors import ConfigError
+def test_prepare_affine_on_request(phantom_case, capsys) -> None:
+    from agsevnet.cli import main
     from agsevnet.prepare.geometry import from_list
     from agsevnet.prepare.pipeline import prepare
 
     tmp, folder, *_ = phantom_case
-    with pytest.raises(ConfigError, match="rigid, affine"):
-        prepare(folder, tmp / "bad", atlas_transform="similarity")
+    with pytest.raises(SystemExit) as done:
+        main(["prepare", str(folder), "--out", str(tmp / "bad"), "--atlas-transform", "similarity", "-q"])
+    assert done.value.code == 1 and "one of rigid, affine, got 'similarity'" in capsys.readouterr().err
     done = prepare(folder, tmp / "affine", atlas_transform="affine", picture=False)
     record = done.record
     assert [r["kind"] for r in record["registration"]["t1ce_to_atlas"]] == ["rigid", "affine"]
