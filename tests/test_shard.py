@@ -174,5 +174,7 @@ def test_summary_records_confidence_and_lists_cases_to_check(dataset, tmp_path):
     assert record["check_these"] == [r.case_id for r in summary.low_confidence()]
     assert all(isinstance(c["confidence"], float) for c in record["cases"])
     quiet = predict(dataset, _predictor(), tmp_path / "q", progress=False, confidence_threshold=0.0)
-    assert not quiet.low_confidence() and "check these" not in quiet.format()
+    assert not quiet.low_confidence() and "low confidence" not in quiet.format()
+    # threshold 0: only the cases with a warning sign are left to check (this stub calls tumour all over the brain)
+    assert {case_id for case_id, _, _ in quiet.to_check()} == {r.case_id for r in quiet.results if r.flags}
     assert np.isfinite([r.confidence for r in quiet.results]).all()

@@ -143,7 +143,10 @@ def test_predict_save_uncertainty_end_to_end(trained, tmp_path, capsys):
     # threshold 1.0: every case is one to check, least confident first
     assert summary["check_these"] == [c["case_id"] for c in sorted(summary["cases"], key=lambda c: c["confidence"])]
     text = printed.out + printed.err
-    assert "check these (2 case(s) with confidence < 1)" in text
+    assert "check these (2 case(s): confidence < 1 or a warning sign)" in text
+    for c in summary["cases"]:  # one line per case: the low figure first, then any flag
+        reasons = ["low confidence {:.3f}".format(c["confidence"]), *c["flags"]]
+        assert f"    {c['case_id']}: {'; '.join(reasons)}" in text
     # a rerun skips both and keeps their figures (read from the sidecars)
     assert run_cli(["predict", str(test), "--model", str(ckpt), "--out", str(out), "--save-uncertainty", "-q"]) == 0
     again = json.loads((out / "predict-summary.json").read_text())

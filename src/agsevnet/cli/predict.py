@@ -81,7 +81,9 @@ def predict_command(
                                           "(averaged over the flips with --tta)."),
     confidence_threshold: float | None = typer.Option(None, "--confidence-threshold", help="List cases whose "
                                                       "confidence figure is below this as 'check these' (default: "
-                                                      "agsevnet.infer.uncertainty.DEFAULT_CONFIDENCE_THRESHOLD).",
+                                                      "agsevnet.infer.uncertainty.DEFAULT_CONFIDENCE_THRESHOLD); "
+                                                      "cases with a warning sign are listed whatever their "
+                                                      "confidence.",
                                                       show_default=False),
     shard: str | None = typer.Option(None, "--shard", help="I/N (1-based): only the cases whose id hashes to shard "
                                      "I of N, for job arrays and one process per GPU; writes "
@@ -145,8 +147,11 @@ def predict_command(
             precision=precision.value, backend=backend, confidence_threshold=confidence_threshold,
         )
         typer.echo(done["prepare_line"])
-        confidence = done["confidence"]
-        check = " (low: check this case)" if done["check"] else ""
+        from agsevnet.infer.shard import check_reasons
+
+        confidence, record = done["confidence"], done["record"]
+        reasons = check_reasons(confidence, record.get("flags") or [], record.get("confidence_threshold"))
+        check = f" (check this case: {'; '.join(reasons)})" if done["check"] else ""
         typer.echo(f"{done['case_id']}: labels on the T1ce's grid: {done['labels']}; atlas space: "
                    f"{Path(out) / 'atlas'}; confidence {confidence if confidence is None else round(confidence, 3)}"
                    f"{check}; {done['seconds']:.0f} s")

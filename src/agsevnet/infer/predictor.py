@@ -62,13 +62,18 @@ DEFAULT_ROI = (128, 128, 64)
 class Prediction:
     """One case's prediction on the input grid: internal labels (uint8, (X, Y, Z)) and, when asked for,
     probabilities (float32, (num_classes, X, Y, Z)), the uncertainty map (float32 (X, Y, Z) in [0, 1]) and the
-    confidence figure with its parts (:func:`agsevnet.infer.uncertainty.case_confidence`)."""
+    confidence figure with its parts (:func:`agsevnet.infer.uncertainty.case_confidence`); always the failure
+    signals and the reasons to check the case they give."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     strategy: str
     uncertainty: np.ndarray | None = None
     confidence: dict[str, float | int] | None = None
+    signals: dict[str, Any] | None = None
+    """The failure signals of :func:`agsevnet.infer.signals.case_signals`, on the labels before postprocessing."""
+    flags: list[str] = field(default_factory=list)
+    """The reasons to check this case (:func:`agsevnet.infer.signals.flag_reasons`); empty when none applies."""
 
 
 class Predictor:
@@ -210,11 +215,12 @@ class Predictor:
 
         return preprocess_case(case, **self.preprocess)
 
-    def labels_on_crop(self, pre: Preprocessed, *, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
-        network probabilities (resampled back from a coarse grid when the preprocessing resampled), decoded into
-        internal labels and postprocessed. Prediction and training's validation both go through here.
-        ``strategy``: see :meth:`probabilities`."""
+    def decode_on_crop(self, pre: Preprocessed, *, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
+        network probabilities (resampled back from a coarse grid when the preprocessing resampled) decoded into
+        internal labels (argmax of the classes, or thresholds of the nested regions), *before* postprocessing.
+        The failure signals (:mod:`agsevnet.infer.signals`) are measured on these: the component filter would
+        delete the evidence of a second far-apart region. ``strategy``: see :meth:`probabilities`."""
         import torch
 
         from agsevnet.preprocess import background_values, resample_to_shape
@@ -223,30 +229,45 @@ class Predictor:
                                  pre.crop_shape)
         if self.output == "regions":
             regions = prob.numpy()
-            labels = regions_to_labels(regions)
-            classes = regions_to_classes(regions)
-        else:
-            labels = torch.argmax(prob, dim=0).to(torch.uint8).numpy()
-            classes = prob.numpy()
-        del prob
+            return regions_to_labels(regions), regions_to_classes(regions)
+        return torch.argmax(prob, dim=0).to(torch.uint8).numpy(), prob.numpy()
+
+    def postprocess(self, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Decoded ``labels`` postprocessed with this predictor's settings: components scoring under
+        ``min_component_fraction`` of the best (ranked by ``component_rule`` on the class probabilities
+        ``classes``) removed, then small enhancing relabelled (``et_threshold``). ``labels`` is not modified."""
         weights = None
         if self.min_component_fraction > 0 and self.component_rule != "size":
             weights = component_weights(classes, self.component_rule)
         labels = keep_main_components(labels, self.min_component_fraction, weights)
         del weights
-        labels = relabel_small_enhancing(labels, self.et_threshold)
-        return labels, classes
+        return relabel_small_enhancing(labels, self.et_threshold)
+
+    def labels_on_crop(self, pre: Preprocessed, *, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
+        :meth:`decode_on_crop` then :meth:`postprocess`. Prediction and training's validation both go through
+        here. ``strategy``: see :meth:`probabilities`."""
+        raw, classes = self.decode_on_crop(pre, strategy=strategy)
+        return self.postprocess(raw, classes), classes
 
     def predict_preprocessed(self, pre: Preprocessed, *, with_probabilities: bool = False,
                              with_uncertainty: bool = False) -> Prediction:
         """Internal labels (and optionally probabilities; with ``with_uncertainty`` the normalised-entropy map
         and the confidence figure of :mod:`agsevnet.infer.uncertainty`) of a preprocessed case, on its original
-        grid."""
+        grid, with the failure signals and the reasons to check the case
+        (:func:`~agsevnet.infer.signals.case_signals` and :func:`~agsevnet.infer.signals.flag_reasons` on the
+        decoded labels before postprocessing; no brain mask: the crop is the brain's bounding box, so this costs
+        one connected-component labelling of the crop)."""
+        from agsevnet.infer.signals import case_signals, flag_reasons
         from agsevnet.preprocess import uncrop
 
         box, shape = pre.box, pre.original_shape
         strategy = self.strategy_for(pre.image.shape[1:])  # chosen once: reported and used
-        cropped, prob = self.labels_on_crop(pre, strategy=strategy)
+        raw, prob = self.decode_on_crop(pre, strategy=strategy)
+        geometry = pre.geometry
+        signals = case_signals(raw, prob, None, geometry.affine, geometry.zooms)
+        cropped = self.postprocess(raw, prob)
+        del raw
         labels = uncrop(cropped, box, shape, fill=0)
         full = uncertainty = confidence = None
         if with_uncertainty:
@@ -260,7 +281,7 @@ class Predictor:
             # Outside the crop the model saw nothing: certain background.
             full = np.stack([uncrop(p, box, shape, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
         return Prediction(labels=labels, probabilities=full, strategy=strategy, uncertainty=uncertainty,
-                          confidence=confidence)
+                          confidence=confidence, signals=signals, flags=flag_reasons(signals))
 
     def predict_case(self, case: Case, *, with_probabilities: bool = False,
                      with_uncertainty: bool = False) -> Prediction:
@@ -375,12 +396,13 @@ class CaseResult:
     strategy: str = ""
     labels: str = ""  # the label convention written (written cases)
     confidence: float | None = None  # agsevnet.infer.uncertainty's figure (written cases; skipped: from the sidecar)
+    flags: list[str] = field(default_factory=list)  # agsevnet.infer.signals.flag_reasons (skipped: from the sidecar)
 
 
 @dataclass
 class PredictSummary:
     """All cases of a :func:`predict` run (of its shard, with ``--shard``), and the confidence below which a case
-    is listed as one to check."""
+    is listed as one to check (as is a case with a warning sign: :func:`agsevnet.infer.signals.flag_reasons`)."""
 
     results: list[CaseResult] = field(default_factory=list)
     confidence_threshold: float | None = None
@@ -397,11 +419,20 @@ class PredictSummary:
                and r.confidence < self.confidence_threshold]
         return sorted(low, key=lambda r: r.confidence)
 
+    def to_check(self) -> list[tuple[str, float | None, list[str]]]:
+        """``(case id, confidence, reasons)`` of the written or skipped cases to check (confidence below the
+        threshold, or a warning sign), least confident first (:func:`agsevnet.infer.shard.cases_to_check`)."""
+        from agsevnet.infer.shard import cases_to_check
+
+        return cases_to_check([(r.case_id, r.confidence, r.flags) for r in self.results if r.status != "failed"],
+                              self.confidence_threshold)
+
     def to_record(self, **extra: Any) -> dict[str, Any]:
         """The JSON summary file's content (:mod:`agsevnet.infer.shard` merges these): counts and every case."""
         from agsevnet.infer.shard import SUMMARY_FORMAT
         from agsevnet.infer.uncertainty import CONFIDENCE_DEFINITION
 
+        check = self.to_check()
         return {
             "format": SUMMARY_FORMAT,
             "shard": list(self.shard) if self.shard else None,
@@ -409,10 +440,11 @@ class PredictSummary:
             "confidence_threshold": self.confidence_threshold,
             "confidence_definition": CONFIDENCE_DEFINITION,
             "counts": {s: len(self.by_status(s)) for s in ("written", "skipped", "failed")},
-            "check_these": [r.case_id for r in self.low_confidence()],
+            "check_these": [case_id for case_id, _, _ in check],
+            "check_reasons": {case_id: reasons for case_id, _, reasons in check},
             "cases": [{"case_id": r.case_id, "status": r.status, "output": str(r.output) if r.output else None,
                        "message": r.message, "seconds": round(r.seconds, 3), "strategy": r.strategy,
-                       "labels": r.labels, "confidence": r.confidence} for r in self.results],
+                       "labels": r.labels, "confidence": r.confidence, "flags": r.flags} for r in self.results],
         }
 
     @property
@@ -421,7 +453,7 @@ class PredictSummary:
 
     def format(self) -> str:
         """A human-readable summary: counts, mean time per written case, the label convention of every written
-        case, and every failure."""
+        case, every failure, and the cases to check with their reasons."""
         written, skipped, failed = (self.by_status(s) for s in ("written", "skipped", "failed"))
         line = f"{len(written)} written, {len(skipped)} skipped, {len(failed)} failed"
         if skipped:
@@ -442,7 +474,7 @@ class PredictSummary:
         lines += [f"  failed: {r.case_id}: {r.message}" for r in failed]
         from agsevnet.infer.shard import check_these
 
-        lines += check_these([(r.case_id, r.confidence) for r in self.low_confidence()], self.confidence_threshold)
+        lines += check_these(self.to_check(), self.confidence_threshold)
         return "\n".join(lines)
 
 
@@ -457,19 +489,23 @@ def uncertainty_output(out_dir: Path, case_id: str) -> Path:
 
 
 def sidecar_path(out_dir: Path, case_id: str) -> Path:
-    """``OUT_DIR/<case>.json``: the model, settings, label convention, seconds and confidence of a prediction."""
+    """``OUT_DIR/<case>.json``: the model, settings, label convention, seconds, confidence, failure signals and
+    flags of a prediction."""
     return out_dir / f"{case_id}.json"
 
 
-def _sidecar_confidence(path: Path) -> float | None:
-    """The confidence recorded in an existing sidecar (a skipped case keeps its figure in the summary)."""
+def _sidecar_check(path: Path) -> tuple[float | None, list[str]]:
+    """The confidence and the flags recorded in an existing sidecar (a skipped case keeps them in the summary);
+    ``(None, [])`` where the sidecar is missing or unreadable, no flags where it predates them."""
     import json
 
     try:
-        value = json.loads(path.read_text()).get("confidence")
+        record = json.loads(path.read_text())
+        value, flags = record.get("confidence"), record.get("flags")
     except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
+        return None, []
+    flags = [str(f) for f in flags] if isinstance(flags, list) else []
+    return (float(value) if isinstance(value, (int, float)) else None), flags
 
 
 def _model_name(checkpoint: Any) -> str:
@@ -549,9 +585,10 @@ def predict(
     on, unless ``raise_errors``. Returns the summary (``summary.ok`` is False when any case failed).
 
     Every written case gets ``<case>.json`` (model, settings, label convention, seconds, the confidence figure of
-    :mod:`agsevnet.infer.uncertainty`); ``save_uncertainty`` also writes ``<case>_uncertainty.nii.gz``.
+    :mod:`agsevnet.infer.uncertainty`, the failure ``signals`` of :mod:`agsevnet.infer.signals` and the ``flags``
+    they raise, ``check``); ``save_uncertainty`` also writes ``<case>_uncertainty.nii.gz``.
     ``confidence_threshold`` (default :data:`~agsevnet.infer.uncertainty.DEFAULT_CONFIDENCE_THRESHOLD`): cases
-    below it are listed as "check these". ``shard``: ``(I, N)`` or ``"I/N"``, only the cases of that shard
+    below it, and cases with a flag, are listed as "check these" with their reasons. ``shard``: ``(I, N)`` or ``"I/N"``, only the cases of that shard
     (:mod:`agsevnet.infer.shard`). ``write_summary``: write ``predict-summary[-shard-I-of-N].json`` into
     ``out_dir`` at the end (atomically).
     """
@@ -589,8 +626,8 @@ def predict(
         done = seg_path.exists() and (prob_path.exists() or not save_probabilities) and (
             uncertainty_output(out_dir, spec.case_id).exists() or not save_uncertainty)
         if done and not overwrite:
-            summary.results.append(CaseResult(spec.case_id, "skipped", seg_path,
-                                              confidence=_sidecar_confidence(sidecar_path(out_dir, spec.case_id))))
+            confidence, flags = _sidecar_check(sidecar_path(out_dir, spec.case_id))
+            summary.results.append(CaseResult(spec.case_id, "skipped", seg_path, confidence=confidence, flags=flags))
         elif spec.problems:
             summary.results.append(CaseResult(spec.case_id, "failed", message="; ".join(spec.problems)))
         else:
@@ -627,7 +664,9 @@ def predict(
                     "uncertainty": unc_path.name if save_uncertainty else None,
                     "probabilities": prob_path.name if save_probabilities else None,
                     "labels": convention, **confidence, "confidence_definition": CONFIDENCE_DEFINITION,
-                    "confidence_threshold": threshold, "check": confidence.get("confidence", 1.0) < threshold,
+                    "confidence_threshold": threshold,
+                    "check": confidence.get("confidence", 1.0) < threshold or bool(result.flags),
+                    "flags": result.flags, "signals": result.signals,
                     "model": model_name, "settings": {**settings, "strategy_used": result.strategy},
                     "seconds": round(seconds, 3), "input": str(_spec_location(spec)),
                 }))
@@ -635,7 +674,7 @@ def predict(
                 save_labels(seg_path, from_internal(result.labels, convention), geometry)
                 summary.results.append(CaseResult(spec.case_id, "written", seg_path, seconds=seconds,
                                                   strategy=result.strategy, labels=convention,
-                                                  confidence=confidence.get("confidence")))
+                                                  confidence=confidence.get("confidence"), flags=result.flags))
                 del result
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch; reported below
                 if raise_errors:

@@ -11,10 +11,11 @@ empty, which is not an error).
 
 Each run writes ``OUT/predict-summary-shard-I-of-N.json`` (``OUT/predict-summary.json`` without ``--shard``),
 atomically, when it ends: every case of the shard with its status (written, skipped, failed), message, seconds
-and confidence figure. A shard rerun resumes (cases whose outputs exist are skipped) and rewrites its summary.
+confidence figure and flags (:func:`agsevnet.infer.signals.flag_reasons`). A shard rerun resumes (cases whose
+outputs exist are skipped, their confidence and flags read back from their sidecars) and rewrites its summary.
 ``agsevnet predict --summary OUT`` merges the shards' summaries (:func:`merge_summaries`): counts, the failures,
-the shards whose summary is missing (a job that never ran or died before its end), the low-confidence cases;
-its exit status is non-zero when any case failed or a shard is missing.
+the shards whose summary is missing (a job that never ran or died before its end), the cases to check with their
+reasons (:func:`cases_to_check`); its exit status is non-zero when any case failed or a shard is missing.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ class MergedSummary:
                and c.get("confidence") is not None and c["confidence"] < self.confidence_threshold]
         return sorted(low, key=lambda c: c["confidence"])
 
+    def to_check(self) -> list[tuple[str, float | None, list[str]]]:
+        """``(case id, confidence, reasons)`` of the written or skipped cases to check (:func:`cases_to_check`;
+        a summary written before flags existed contributes its low-confidence cases only)."""
+        return cases_to_check([(c["case_id"], c.get("confidence"), c.get("flags") or []) for c in self.cases
+                               if c.get("status") in ("written", "skipped")], self.confidence_threshold)
+
     @property
     def ok(self) -> bool:
         return not self.by_status("failed") and not self.missing_shards
@@ -104,17 +111,41 @@ class MergedSummary:
             lines.append(f"  missing shard(s): {shown} (no summary: never run, still running, or stopped early; "
                          "rerun them with --shard)")
         lines += [f"  failed: {c['case_id']}: {c.get('message', '')}" for c in failed]
-        lines += check_these([(c["case_id"], c["confidence"]) for c in self.low_confidence()],
-                             self.confidence_threshold)
+        lines += check_these(self.to_check(), self.confidence_threshold)
         return "\n".join(lines)
 
 
-def check_these(low: Sequence[tuple[str, float]], threshold: float | None) -> list[str]:
-    """The "check these" lines of a summary: the cases (id, confidence) below the confidence threshold."""
-    if not low:
+CHECK_LINES = 20
+"""At most this many cases are printed under "check these" (all of them are in the JSON summary)."""
+
+
+def check_reasons(confidence: float | None, flags: Sequence[str], threshold: float | None) -> list[str]:
+    """The reasons to check one case: its confidence figure when below ``threshold``, then its ``flags``."""
+    low = threshold is not None and confidence is not None and confidence < threshold
+    return ([f"low confidence {confidence:.3f}"] if low else []) + [str(f) for f in flags]
+
+
+def cases_to_check(cases: Iterable[tuple[str, float | None, Sequence[str]]],
+                   threshold: float | None) -> list[tuple[str, float | None, list[str]]]:
+    """``(case id, confidence, reasons)`` for each of ``cases`` ``(case id, confidence, flags)`` with any reason
+    (:func:`check_reasons`), least confident first (cases without a figure last). The one rule behind a run's
+    summary, its JSON ``check_these`` / ``check_reasons`` and the merged summaries."""
+    rows = [(case_id, confidence, check_reasons(confidence, flags, threshold)) for case_id, confidence, flags in cases]
+    return sorted([row for row in rows if row[2]], key=lambda row: (row[1] is None, row[1] or 0.0))
+
+
+def check_these(rows: Sequence[tuple[str, float | None, Sequence[str]]], threshold: float | None,
+                limit: int = CHECK_LINES) -> list[str]:
+    """The "check these" lines of a summary, one per case ``case: reason; reason``, from :func:`cases_to_check`;
+    at most ``limit`` cases, then how many more the JSON summary lists."""
+    if not rows:
         return []
-    return [f"  check these ({len(low)} case(s) with confidence < {threshold:g}):",
-            *(f"    {case_id}: confidence {confidence:.3f}" for case_id, confidence in low)]
+    why = (f"confidence < {threshold:g} or a warning sign" if threshold is not None else "a warning sign")
+    lines = [f"  check these ({len(rows)} case(s): {why}):",
+             *(f"    {case_id}: {'; '.join(reasons)}" for case_id, _, reasons in rows[:limit])]
+    if len(rows) > limit:
+        lines.append(f"    ... and {len(rows) - limit} more (check_reasons in the predict-summary JSON)")
+    return lines
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -136,7 +167,8 @@ def merge_summaries(out_dir: str | Path, threshold: float | None = None) -> Merg
     naming the folder); a shard in 1..N with no summary is listed as missing. A case found in several summaries
     (the folder was also run unsharded, or split anew) keeps its most decisive record: written over skipped over
     failed, so a case that failed once and was written by a later run counts as written. ``threshold``: the
-    confidence below which a case is listed as "check these" (default: the one the runs used).
+    confidence below which a case is listed as "check these" (default: the one the runs used); a case with flags
+    is listed whatever its confidence.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():

@@ -74,22 +74,28 @@ def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np
     out: dict[str, Any] = {"tumour_ml": float(tumour.sum() * voxel_ml), "components": 0, "second_ratio": 0.0,
                            "separation_mm": 0.0, "inferior_fraction": 0.0, "edge_fraction": 0.0}
     if tumour.any():
+        # Everything below works on the tumour voxels only (their indices and component numbers, in the same
+        # order), not on whole-crop arrays: on a BraTS crop this keeps the function to one labelling plus a few
+        # milliseconds, where ndimage.center_of_mass alone took 0.27 s with many specks.
         comp, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
-        sizes = np.bincount(comp.ravel())[1:]
+        where = np.nonzero(tumour)
+        numbers = comp[where]
+        del comp
+        sizes = np.bincount(numbers, minlength=n + 1)[1:]
         big = np.flatnonzero(sizes * voxel_ml >= MIN_COMPONENT_ML)
         out["components"] = int(big.size)
         order = np.argsort(sizes)[::-1]
         if n >= 2:
             out["second_ratio"] = float(sizes[order[1]] / sizes[order[0]])
-            centres = ndimage.center_of_mass(tumour, comp, [int(order[0]) + 1, int(order[1]) + 1])
-            out["separation_mm"] = float(np.linalg.norm((np.subtract(centres[0], centres[1])) * np.asarray(spacing)))
+            centres = [np.array([c[numbers == order[k] + 1].mean() for c in where]) for k in (0, 1)]
+            out["separation_mm"] = float(np.linalg.norm((centres[0] - centres[1]) * np.asarray(spacing)))
         axis, sign = _superior_axis(affine)
         extent_mask = brain if brain is not None else np.ones(tumour.shape, dtype=bool)
         brain_idx = np.flatnonzero(extent_mask.any(axis=tuple(a for a in range(3) if a != axis)))
         if brain_idx.size:
             lo, hi = int(brain_idx[0]), int(brain_idx[-1])
             extent = hi - lo + 1
-            coords = np.nonzero(tumour)[axis]
+            coords = where[axis]
             height = (coords - lo) if sign > 0 else (hi - coords)
             out["inferior_fraction"] = float(np.mean(height < INFERIOR_SHARE * extent))
         if brain is not None:
@@ -99,7 +105,7 @@ def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np
             out.pop("edge_fraction")
     if probabilities is not None:
         p = np.asarray(probabilities)
-        out["confidence"] = float(p.max(axis=0)[tumour].mean()) if tumour.any() else 1.0
+        out["confidence"] = float(p[:, tumour].max(axis=0).mean()) if tumour.any() else 1.0
     if members is not None and len(members) > 1:
         masks = [np.argmax(m, axis=0) > 0 for m in members]
         dices = []

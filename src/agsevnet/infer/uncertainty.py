@@ -22,10 +22,13 @@ region rather than over the brain, because the brain is mostly certain backgroun
 (a case's figure would then measure its tumour's size, not the model's doubt); and the rim is included because a
 region made only of predicted tumour voxels leaves out exactly the voxels the model was unsure enough to
 leave out. A case with no such voxel (nothing predicted, nothing considered) has confidence
-``1 - mean entropy over the brain crop``. The figure is in [0, 1]; higher is more confident. It falls when the
-input is degraded (heavy noise, a missing FLAIR or T2: ``tests/test_uncertainty.py``), but hardly when T1ce is
-missing (the model is then confidently wrong: entropy cannot see that), and on ten real cases it did not rank the
-badly segmented ones (Spearman against Dice -0.03; see the README's uncertainty section).
+``1 - mean entropy over the brain crop``. The figure is in [0, 1]; higher is more confident. On phantoms, over six
+training seeds of ``tests/test_uncertainty.py``'s model, only heavy blurring lowered it every time; heavy noise raised
+it in three of six and a missing FLAIR or T2 moved it either way (an earlier claim that these lower it came from one
+lucky training run). It hardly moves when T1ce is missing (the model is then confidently wrong: entropy cannot see
+that), and on real cross-validated cases it ranked the badly segmented ones weakly or not at all (Spearman against
+Dice -0.03 for an early recipe, +0.39 for ``brats-cpu``; see the README's uncertainty section). So ``agsevnet
+predict`` also lists the cases with a warning sign of :mod:`agsevnet.infer.signals` as ones to check.
 """
 
 from __future__ import annotations
