@@ -17,7 +17,7 @@ from typing import Any
 
 from agsevnet.errors import ConfigError
 
-DEFAULT_MODEL = "brats-cpu"
+DEFAULT_MODEL = "brats-robust"
 """The bundled model used when none is named."""
 
 

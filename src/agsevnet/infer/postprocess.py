@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 ENHANCING, NECROTIC = 3, 1
+
+
+def argmax_classes(probabilities: Any) -> Any:
+    """The index of the largest class per voxel, uint8, of class probabilities ``(C, X, Y, Z)`` (a torch tensor
+    gives a tensor, a NumPy array an array); ties go to the lower class, as ``argmax``. Written out as C - 1
+    comparisons because ``torch.argmax`` over the channel axis of a (4, 140, 175, 150) float32 crop took 0.68 s
+    on this project's CPU and this takes 0.04 s (measured 2026-12-05; NumPy's argmax: 0.09 s)."""
+    import torch
+
+    is_numpy = isinstance(probabilities, np.ndarray)
+    p = torch.from_numpy(probabilities) if is_numpy else probabilities
+    best = p[0].clone()
+    index = torch.zeros(p.shape[1:], dtype=torch.uint8)
+    for c in range(1, p.shape[0]):
+        index.masked_fill_(p[c] > best, c)
+        torch.maximum(best, p[c], out=best)
+    return index.numpy() if is_numpy else index
 
 
 def relabel_small_enhancing(labels: np.ndarray, threshold: int) -> np.ndarray:

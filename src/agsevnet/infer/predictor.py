@@ -39,6 +39,7 @@ from agsevnet.data.labels import CONVENTIONS, INTERNAL_LABELS, from_internal
 from agsevnet.errors import AgsevnetError, ConfigError, DataError
 from agsevnet.infer.postprocess import (
     COMPONENT_RULES,
+    argmax_classes,
     component_weights,
     keep_main_components,
     regions_to_classes,
@@ -184,23 +185,43 @@ class Predictor:
         return cls(model, **options)
 
     def probabilities(self, image: np.ndarray, pad_value: float | Sequence[float] = 0.0, *,
-                      strategy: str | None = None) -> torch.Tensor:
+                      strategy: str | None = None, members: list | None = None) -> torch.Tensor:
         """Probabilities (C, x, y, z) of one preprocessed image in :data:`agsevnet.MODALITIES` order; ``pad_value``:
         the image's background per channel in that order (what a whole pass pads with); ``strategy``: one the
-        caller already chose with :meth:`strategy_for` (None: this predictor's setting, ``auto`` chosen here)."""
+        caller already chose with :meth:`strategy_for` (None: this predictor's setting, ``auto`` chosen here).
+
+        An :class:`~agsevnet.models.ensemble.Ensemble` (a bundled model with several weight sets) is run member by
+        member and the members' probabilities averaged, which is what the ensemble module computes, window by
+        window (blending is linear) and costs the same; ``members``: a list that then receives each member's
+        probabilities (their disagreement is a failure signal, :func:`agsevnet.infer.signals.member_agreement`)."""
+        import torch
+
         from agsevnet.infer.engine import predict_probabilities
+        from agsevnet.models.ensemble import Ensemble
 
         if self.channel_index != list(range(len(MODALITIES))):
             image = image[self.channel_index]
             if isinstance(pad_value, Sequence):
                 pad_value = [pad_value[i] for i in self.channel_index]
-        return predict_probabilities(
-            self.model, image, roi_size=self.roi_size, overlap=self.overlap,
-            strategy=self.strategy if strategy is None else strategy, tta=self.tta, device=self.device,
-            amp=self.precision, sw_batch_size=self.sw_batch_size,
-            divisor=self.divisor, memory_budget=self.memory_budget, channels_last=self.channels_last,
-            activation="sigmoid" if self.output == "regions" else "softmax", pad_value=pad_value,
-        )
+
+        def run(model: torch.nn.Module) -> torch.Tensor:
+            return predict_probabilities(
+                model, image, roi_size=self.roi_size, overlap=self.overlap,
+                strategy=self.strategy if strategy is None else strategy, tta=self.tta, device=self.device,
+                amp=self.precision, sw_batch_size=self.sw_batch_size,
+                divisor=self.divisor, memory_budget=self.memory_budget, channels_last=self.channels_last,
+                activation="sigmoid" if self.output == "regions" else "softmax", pad_value=pad_value,
+            )
+
+        if not isinstance(self.model, Ensemble):
+            return run(self.model)
+        total = None
+        for member in self.model.members:
+            prob = run(member)
+            if members is not None:
+                members.append(prob)
+            total = prob.clone() if total is None else total.add_(prob)
+        return total.div_(len(self.model.members))
 
     def strategy_for(self, shape: Sequence[int]) -> str:
         """The strategy used for a crop of spatial ``shape``."""
@@ -215,22 +236,22 @@ class Predictor:
 
         return preprocess_case(case, **self.preprocess)
 
-    def decode_on_crop(self, pre: Preprocessed, *, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decode_on_crop(self, pre: Preprocessed, *, strategy: str | None = None,
+                       members: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(raw labels, class probabilities)`` of a preprocessed case on its brain crop at the input resolution:
         network probabilities (resampled back from a coarse grid when the preprocessing resampled) decoded into
         internal labels (argmax of the classes, or thresholds of the nested regions), *before* postprocessing.
         The failure signals (:mod:`agsevnet.infer.signals`) are measured on these: the component filter would
-        delete the evidence of a second far-apart region. ``strategy``: see :meth:`probabilities`."""
-        import torch
-
+        delete the evidence of a second far-apart region. ``strategy``, ``members``: see :meth:`probabilities`
+        (the members' probabilities stay on the network's grid)."""
         from agsevnet.preprocess import background_values, resample_to_shape
 
-        prob = resample_to_shape(self.probabilities(pre.image, background_values(pre.meta), strategy=strategy),
-                                 pre.crop_shape)
+        prob = resample_to_shape(self.probabilities(pre.image, background_values(pre.meta), strategy=strategy,
+                                                    members=members), pre.crop_shape)
         if self.output == "regions":
             regions = prob.numpy()
             return regions_to_labels(regions), regions_to_classes(regions)
-        return torch.argmax(prob, dim=0).to(torch.uint8).numpy(), prob.numpy()
+        return argmax_classes(prob).numpy(), prob.numpy()
 
     def postprocess(self, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Decoded ``labels`` postprocessed with this predictor's settings: components scoring under
@@ -258,14 +279,18 @@ class Predictor:
         (:func:`~agsevnet.infer.signals.case_signals` and :func:`~agsevnet.infer.signals.flag_reasons` on the
         decoded labels before postprocessing; no brain mask: the crop is the brain's bounding box, so this costs
         one connected-component labelling of the crop)."""
-        from agsevnet.infer.signals import case_signals, flag_reasons
+        from agsevnet.infer.signals import case_signals, flag_reasons, member_agreement
         from agsevnet.preprocess import uncrop
 
         box, shape = pre.box, pre.original_shape
         strategy = self.strategy_for(pre.image.shape[1:])  # chosen once: reported and used
-        raw, prob = self.decode_on_crop(pre, strategy=strategy)
+        members: list = []
+        raw, prob = self.decode_on_crop(pre, strategy=strategy, members=members)
         geometry = pre.geometry
         signals = case_signals(raw, prob, None, geometry.affine, geometry.zooms)
+        if len(members) > 1:
+            signals["member_dice"] = member_agreement(members)
+        del members
         cropped = self.postprocess(raw, prob)
         del raw
         labels = uncrop(cropped, box, shape, fill=0)

@@ -107,12 +107,20 @@ def case_signals(labels: np.ndarray, probabilities: np.ndarray | None, brain: np
         p = np.asarray(probabilities)
         out["confidence"] = float(p[:, tumour].max(axis=0).mean()) if tumour.any() else 1.0
     if members is not None and len(members) > 1:
-        masks = [np.argmax(m, axis=0) > 0 for m in members]
-        dices = []
-        for i in range(len(masks)):
-            for j in range(i + 1, len(masks)):
-                a, b = masks[i], masks[j]
-                total = int(a.sum()) + int(b.sum())
-                dices.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
-        out["member_dice"] = float(np.mean(dices))
+        out["member_dice"] = member_agreement(members)
     return out
+
+
+def member_agreement(members: Sequence[Any]) -> float:
+    """The mean pairwise Dice of the whole-tumour masks (argmax over the classes > 0) of an ensemble's members,
+    from their class probabilities ``(4, ...)`` (NumPy arrays or torch tensors, on any one grid)."""
+    from agsevnet.infer.postprocess import argmax_classes
+
+    masks = [np.asarray(argmax_classes(m)) > 0 for m in members]
+    dices = []
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            a, b = masks[i], masks[j]
+            total = int(a.sum()) + int(b.sum())
+            dices.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
+    return float(np.mean(dices))

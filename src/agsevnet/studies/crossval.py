@@ -176,7 +176,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
     from agsevnet.evaluate.matching import Pair
     from agsevnet.evaluate.runner import evaluate_pair
     from agsevnet.evaluate.summary import case_csv_text, summary_csv_text, summary_path
-    from agsevnet.infer.predictor import output_paths, predict
+    from agsevnet.infer.predictor import INFERENCE_KEYS, output_paths, predict
     from agsevnet.train.trainer import train
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -188,8 +188,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, *, config: str | P
     if bad:
         raise ConfigError(f"folds {bad} are outside 0..{n_folds - 1}")
     specs = {s.case_id: s for s in discover(data_dir)}
-    inference = {k: cfg["inference"][k] for k in ("strategy", "overlap", "tta", "min_component_fraction",
-                                                   "et_threshold")}
+    inference = {k: cfg["inference"][k] for k in INFERENCE_KEYS}
     steps = int(cfg["train"]["steps"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
