@@ -115,3 +115,31 @@ def test_members_that_do_not_fit_the_architecture_are_a_data_error(tmp_path):
     ckpt["members"][1] = {k: v for k, v in a.state_dict().items() if "bias" not in k}  # missing keys
     with pytest.raises(DataError, match="do not fit"):
         model_from_checkpoint(ckpt)
+
+
+def test_predictor_runs_an_ensemble_member_by_member_and_measures_their_agreement(one_thread):
+    """The Predictor averages the members' probabilities itself (equal to the ensemble module's output) and
+    reports their whole-tumour agreement as the ``member_dice`` signal; members that agree perfectly give 1."""
+    import numpy as np
+
+    from agsevnet.infer.predictor import Predictor
+
+    image = np.random.default_rng(0).normal(size=(4, 16, 16, 16)).astype(np.float32)
+    a, b = _net(0), _net(1)
+    ensemble = Ensemble([a, b]).eval()
+    predictor = Predictor(ensemble, roi_size=(16, 16, 16), strategy="whole", precision="fp32", channels_last=False)
+    members: list = []
+    averaged = predictor.probabilities(image, members=members)
+    assert len(members) == 2 and _differ(members[0], members[1])
+    torch.testing.assert_close(averaged, (members[0] + members[1]) / 2, atol=1e-6, rtol=0)
+    module = Predictor(Ensemble([_net(0), _net(1)]).eval(), roi_size=(16, 16, 16), strategy="whole",
+                       precision="fp32", channels_last=False)
+    module.model = nn.Sequential(module.model)  # not an Ensemble any more: one pass through the ensemble module
+    torch.testing.assert_close(module.probabilities(image), averaged, atol=1e-5, rtol=0)
+
+    from agsevnet.infer.signals import member_agreement
+
+    assert member_agreement([members[0], members[0]]) == 1.0
+    masks = [(m.argmax(0) > 0) for m in members]
+    if (masks[0] != masks[1]).any():
+        assert member_agreement(members) < 1.0

@@ -76,8 +76,21 @@ def test_predictor_applies_its_component_rule():
     kept = {}
     for rule in ("size", "core"):
         predictor = Predictor(torch.nn.Conv3d(4, 4, 1), min_component_fraction=0.5, component_rule=rule)
-        predictor.probabilities = lambda image, pad_value=None, strategy=None: torch.from_numpy(prob.copy())
+        predictor.probabilities = lambda image, pad_value=None, strategy=None, members=None: torch.from_numpy(prob.copy())
         labels, classes = predictor.labels_on_crop(pre)
         np.testing.assert_array_equal(classes, prob)
         kept[rule] = (bool(labels[big].any()), bool(labels[small].any()))
     assert kept == {"size": (True, False), "core": (False, True)}
+
+
+def test_argmax_classes_equals_argmax_with_ties_to_the_lower_class():
+    import torch
+
+    from agsevnet.infer.postprocess import argmax_classes
+
+    rng = np.random.default_rng(0)
+    p = rng.random((4, 9, 8, 7)).astype(np.float32)
+    p[:, 0, 0, 0] = [0.2, 0.4, 0.4, 0.0]  # a tie: the lower class wins, as argmax
+    assert (argmax_classes(p) == np.argmax(p, axis=0)).all() and argmax_classes(p)[0, 0, 0] == 1
+    t = torch.from_numpy(p)
+    assert torch.equal(argmax_classes(t), torch.argmax(t, dim=0).to(torch.uint8))

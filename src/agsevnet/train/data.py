@@ -473,6 +473,19 @@ class PatchDataset(Dataset):
         return img, lab, k, start, rng
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        # One thread, as in the loader's worker processes (_worker_init): reductions inside the augmentation (the
+        # gamma's retained mean and std) differ in the last bits with the thread count, and an item must not
+        # depend on whether a worker or the training process computed it.
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return self._item(index)
+        torch.set_num_threads(1)
+        try:
+            return self._item(index)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _item(self, index: int) -> dict[str, torch.Tensor]:
         aug = self.augment
         rng, k, start = self._draw(index)
         warp = aug is not None and aug.affine_prob > 0 and bool(rng.random() < aug.affine_prob)
