@@ -80,7 +80,7 @@ def main() -> None:
                     scores = case_metrics(full, gt_full, spacing, hd95="pooled")
                     row = {"variant": f"{name}/{rule}", "fold": k, "case": case_id, **scores}
                     if rule == "none":
-                        members = [p for p in probs] if name == "ensemble" else None
+                        members = probs if name == "ensemble" else None
                         row["signals"] = case_signals(raw, prob, brain, case.geometry.affine, spacing, members=members)
                     rows.append(row)
                     print(f"{name}/{rule} fold {k} {case_id}: Dice ET {scores['Dice_ET']:.3f} WT "
