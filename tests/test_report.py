@@ -228,3 +228,44 @@ def test_overlay_of_a_case_without_image_still_draws(tmp_path):
     html = (tmp_path / "r.html").read_text()
     assert_self_contained(html)
     assert "image not found" in html and len(re.findall(r'alt="slices of ', html)) == 1
+
+
+def _prepared_case(root: Path, case_id: str, brain_ml: float, picture: bool) -> None:
+    """A prepared case's record (as ``agsevnet prepare`` writes it) and its picture, without running prepare."""
+    from agsevnet.prepare import qc as qc_mod
+
+    case_dir = root / case_id
+    case_dir.mkdir(parents=True)
+    qc = {"brain_volume_ml": brain_ml, "atlas_dice": 0.9312, "atlas_metric": -0.45, "skull_stripped_input": False,
+          "motion": {"flair": {"translation_mm": 4.2, "rotation_deg": 1.5}, "t1": {"translation_mm": 41.0,
+                                                                                   "rotation_deg": 2.0}},
+          "coverage": {"flair": 1.0, "t1": 0.97, "t1ce": 1.0, "t2": 0.993}}
+    qc["warnings"] = qc_mod.warnings_for(qc)
+    record = {"format": "agsevnet-prepare", "format_version": 1, "case_id": case_id, "qc": qc,
+              "seconds": {"total": 21.5}}
+    if picture:
+        mask = np.zeros((24, 24, 16), bool)
+        mask[6:18, 5:19, 4:12] = True
+        images = {m: np.random.default_rng(0).random(mask.shape).astype(np.float32) * mask for m in ("t1ce", "flair")}
+        qc_mod.save_picture(case_dir / "prepare.png", images, mask, case_id)
+        record["picture"] = "prepare.png"
+    (case_dir / "prepare.json").write_text(json.dumps(record))
+
+
+def test_report_shows_the_quality_checks_and_picture_of_prepared_cases(tmp_path):
+    """``agsevnet report`` on a ``prepare`` output: a "Prepared cases" table (brain volume, motion, coverage,
+    warnings, the row of a case with a warning marked) and each case's prepare.png, embedded once (not repeated
+    under "Other results")."""
+    out = tmp_path / "prep"
+    _prepared_case(out, "patient_a", 1412.3, picture=True)
+    _prepared_case(out, "patient_b", 650.0, picture=False)
+    assert run_cli(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    pngs = assert_self_contained(html)
+    assert "Prepared cases" in html and "Other results" not in html
+    assert "patient_a" in html and "1412.3" in html and "650.0" in html and "0.931" in html
+    assert "t1 41.0 / 2.0" in html and "t1 97%" in html  # the largest motion and the least covered sequence
+    assert "moved 41 mm" in html and "brain volume 650 ml is outside" in html  # the warnings
+    assert html.count('<tr class="missing">') == 2  # both rows have a warning (t1 moved 41 mm; b's volume)
+    assert len(pngs) == 1 and 'alt="prepare.png"' in html
+    Image.open(io.BytesIO(pngs[0])).load()

@@ -18,6 +18,10 @@ and files are classified by their content, not their place:
 - a CSV with the columns ``case`` and the 12 BraTS metrics that no evaluation JSON covers: its tables and
   plots (no overlays: the files are unknown); ``<name>_summary.csv`` next to ``<name>.csv`` is skipped (the
   summary is recomputed);
+- a JSON with ``"format": "agsevnet-prepare"`` (``prepare.json``, written by ``agsevnet prepare`` and
+  ``predict --prepare``): a table of the quality checks of every prepared case (brain volume, overlap with the
+  atlas brain, registration metric, how far each sequence moved, coverage, warnings, time) and its picture
+  (``prepare.png``: three slices of each prepared sequence with the brain outline);
 - any other small CSV (e.g. the robustness experiment's table) and PNG figure: shown under "Other results".
 
 ``notes`` (e.g. "phantom-trained model: for demonstration, not for patients") is shown at the top.
@@ -90,10 +94,11 @@ class Found:
     evaluation_csvs: list[Path] = field(default_factory=list)  # per-case CSVs no JSON covers
     tables: list[Path] = field(default_factory=list)  # other CSVs
     figures: list[Path] = field(default_factory=list)  # PNGs
+    prepared: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # (prepare.json, its record)
 
     def empty(self) -> bool:
         return not (self.configs or self.training or self.evaluations or self.evaluation_csvs or self.tables
-                    or self.figures)
+                    or self.figures or self.prepared)
 
 
 def _csv_header(path: Path) -> list[str] | None:
@@ -151,6 +156,8 @@ def scan(directory: str | Path) -> Found:
                 record = None
             if is_evaluation_record(record):
                 found.evaluations.append((path, record))
+            elif is_prepare_record(record):
+                found.prepared.append((path, record))
         elif suffix == ".png" and path.stat().st_size <= MAX_FIGURE_BYTES:
             found.figures.append(path)
     covered = {frozenset(case["case"] for case in record["cases"]) for _, record in found.evaluations}
@@ -167,8 +174,15 @@ def scan(directory: str | Path) -> Found:
             continue  # the summary of a per-case CSV: recomputed from it
         else:
             found.tables.append(path)
-    found.figures = found.figures[:MAX_OTHER_FIGURES]
+    pictures = {path.parent / record["picture"] for path, record in found.prepared if record.get("picture")}
+    found.figures = [p for p in found.figures if p not in pictures][:MAX_OTHER_FIGURES]
     return found
+
+
+def is_prepare_record(record: Any) -> bool:
+    """A ``prepare.json`` written by :func:`agsevnet.prepare.pipeline.prepare` (format name checked only: the
+    report shows what it finds and leaves missing keys blank)."""
+    return isinstance(record, dict) and record.get("format") == "agsevnet-prepare" and isinstance(record.get("qc"), dict)
 
 
 # ------------------------------------------------------------------------------------------------ HTML bits
@@ -506,6 +520,45 @@ def _table_section(path: Path, directory: Path) -> str:
             + table_html(header, [[_fmt(row.get(h, ""), h) for h in header] for row in shown]) + more)
 
 
+def _number(value: Any, spec: str) -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return ""
+
+
+def _prepared_section(prepared: Sequence[tuple[Path, Mapping[str, Any]]], directory: Path) -> str:
+    """The quality checks of the prepared cases as one table (a row per case, warnings in red), then each case's
+    picture (``prepare.png``) where it is there."""
+    header = ["case", "brain (ml)", "atlas Dice", "T1ce->atlas MI", "moved to T1ce (mm / deg)", "least coverage",
+              "seconds", "warnings"]
+    rows, classes, pictures = [], [], []
+    for path, record in prepared:
+        qc = record["qc"]
+        moved = "; ".join(f"{m} {v.get('translation_mm', float('nan')):.1f} / {v.get('rotation_deg', float('nan')):.1f}"
+                          for m, v in (qc.get("motion") or {}).items())
+        coverage = qc.get("coverage") or {}
+        least = min(coverage.items(), key=lambda kv: kv[1]) if coverage else None
+        warnings = qc.get("warnings") or []
+        rows.append([record.get("case_id", path.parent.name), _number(qc.get("brain_volume_ml"), ".1f"),
+                     _number(qc.get("atlas_dice"), ".3f"), _number(qc.get("atlas_metric"), ".3f"), moved,
+                     f"{least[0]} {100 * least[1]:.0f}%" if least else "",
+                     _number((record.get("seconds") or {}).get("total"), ".0f"), "; ".join(warnings) or "none"])
+        classes.append("missing" if warnings else "")
+        picture = path.parent / record["picture"] if record.get("picture") else None
+        if picture is not None and picture.is_file() and picture.stat().st_size <= MAX_FIGURE_BYTES:
+            data = picture.read_bytes()
+            if data[:8] == b"\x89PNG\r\n\x1a\n":
+                pictures.append(img_tag(data, picture.name, f"{record.get('case_id', '')}: "
+                                        f"{picture.relative_to(directory)} (brain outline in red)"))
+    intro = ('<p class="muted">Quality checks of <code>agsevnet prepare</code>: rows in red have a check out of its '
+             "usual range (brain 800-2000 ml, a sequence moved more than 30 mm or 20 deg, less than 90% of the brain "
+             "covered, the brain overlapping the atlas brain with Dice below 0.8). Look at the pictures before using "
+             "the labels: uncovered wedges, scalp left in a sequence, misaligned sequences.</p>")
+    cells = [[_e(v) for v in row] for row in rows]
+    return intro + table_html(header, cells, classes) + '<div class="grid">' + "".join(pictures) + "</div>"
+
+
 # ------------------------------------------------------------------------------------------------ the report
 
 
@@ -533,8 +586,8 @@ def build_report(
         raise OutputExistsError("exists (pass --overwrite to replace it)", out)
     found = scan(directory)
     if found.empty():
-        raise DataError("nothing to report: no config.yaml, training metrics.csv, evaluation JSON/CSV, table or "
-                        "figure found", directory)
+        raise DataError("nothing to report: no config.yaml, training metrics.csv, evaluation JSON/CSV, "
+                        "prepare.json, table or figure found", directory)
 
     # Results first (evaluation, then training curves), then the configuration (folded: it is long), then the rest.
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, html)
@@ -552,6 +605,8 @@ def build_report(
         body, _ = _evaluation_section(str(path.relative_to(directory)), cases, gt_root=None, overlays=0,
                                       with_files=False, progress=progress)
         sections.append((f"evaluation-{len(sections)}", f"Evaluation ({path.relative_to(directory)})", body))
+    if found.prepared:
+        sections.append(("prepared", "Prepared cases", _prepared_section(found.prepared, directory)))
     if found.training:
         sections.append(("training", "Training", "\n".join(_training_section(p, directory) for p in found.training)))
     for path in found.configs:
