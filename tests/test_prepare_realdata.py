@@ -106,22 +106,23 @@ def test_real_case_as_a_clinical_acquisition_round_trip(real_data, tmp_path, CAS
     # that was found.
     assert figures["mask_dice_vs_prepared_original"] >= 0.95
     assert consistent_dice >= 0.95
+    # issue 16's target on the labels, for both cases (bundled brats-robust, measured 2026-12-05: WT on the native
+    # grid 0.899 nearest / 0.896 probabilities against 0.901 on the original BraTS20_Training_001; 0.874 / 0.835
+    # against 0.895 on BraTS2021_00000; brats-cpu gave 0.66 there, false edema along the 5 mm brain surface).
+    for key in ("native_probabilities", "native_nearest"):
+        assert figures[key]["WT"] >= figures["original"]["WT"] - 0.1, key
     if CASE in ATLAS_CONFORMANT:
-        # issue 16's targets, on a case whose BraTS position is where the SRI24 atlas puts it (measured: mask Dice
-        # 0.972; WT 0.904-0.908 on the native grid against 0.914 on the original)
+        # issue 16's target on the brain mask, on a case whose BraTS position is where the SRI24 atlas puts it
+        # (measured: 0.972)
         assert mask_dice >= 0.95
-        for key in ("native_probabilities", "native_nearest"):
-            assert figures[key]["WT"] >= figures["original"]["WT"] - 0.1
     else:
         # BraTS2021_00000 sits 7.2 mm / 5.2 deg from where rigid registration to the SRI24 brain puts it (every
-        # BraTS 2021 case here: 6-11 mm; registration variants leave the same residual, see the README), so no
-        # atlas registration gives its BraTS position back: mask Dice 0.926 against the original. The bundled
-        # model's WT on the thick-slice case: 0.66 against 0.92 on the original (false edema along the brain
-        # surface); on the original prepared unmoved (1 mm, at the atlas fit) 0.915: the 5 mm slices cost it, not
-        # the position. Asserted: no worse than that, and the tumour core kept.
+        # BraTS 2021 case here: 6-11 mm; on the BraTS grid itself the centres of their brains lie 4-7.5 mm anterior
+        # of the atlas brain's, those of the 2018-2020 cases within 2.1 mm). Registration variants leave the same
+        # residual (see the README), so no atlas registration gives its BraTS position back: mask Dice 0.926
+        # against the original (the target, 0.95, is missed for this reason), 0.986 against the original
+        # prepared unmoved.
         assert mask_dice >= 0.9
-        for key in ("native_probabilities", "native_nearest"):
-            assert figures[key]["WT"] >= 0.6 and figures[key]["TC"] >= figures["original"]["TC"] - 0.15
 
 
 def test_prepare_does_not_depend_on_the_slice_order_of_the_files(real_data, tmp_path) -> None:
