@@ -89,7 +89,8 @@ def predict_command(
                                      "I of N, for job arrays and one process per GPU; writes "
                                      "OUT/predict-summary-shard-I-of-N.json.", show_default=False),
     prepare: bool = typer.Option(False, "--prepare", help="INPUT is one patient as the scanner wrote it (any "
-                                 "orientation and voxel size, skull on): 'agsevnet prepare' it into OUT/prepared, "
+                                 "orientation and voxel size, skull on; or a folder of such patient folders, done "
+                                 "one by one): 'agsevnet prepare' it into OUT/prepared, "
                                  "segment it there (atlas-space outputs in OUT/atlas) and write OUT/<case>.nii.gz on "
                                  "the grid of the input T1ce. Needs the extra: pip install 'agsevnet[prepare]'."),
     summary_dir: Path | None = typer.Option(None, "--summary", help="Merge the predict-summary*.json files of this "
@@ -133,28 +134,53 @@ def predict_command(
 
     if prepare:
         if parsed_shard is not None:
-            raise ConfigError("--prepare segments one patient; --shard does not apply")
+            raise ConfigError("--prepare segments the patients one after the other; --shard does not apply")
+        from agsevnet.infer.shard import check_reasons
+        from agsevnet.prepare.inputs import patient_folders
         from agsevnet.prepare.native import predict_native
 
-        done = predict_native(
-            input_path, out, resolve_model(model), files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2},
-            case_id=case_id, overwrite=overwrite, labels=labels.value if labels else None,
-            save_uncertainty=save_uncertainty, save_probabilities=save_probabilities, progress=not quiet,
-            log=None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True)),
-            device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
-            overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction,
-            component_rule=component_rule,
-            precision=precision.value, backend=backend, confidence_threshold=confidence_threshold,
-        )
-        typer.echo(done["prepare_line"])
-        from agsevnet.infer.shard import check_reasons
+        files = {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}
+        patients = patient_folders(input_path) if input_path is not None else [None]
+        cohort = len(patients) > 1
+        if cohort:
+            given = [f"--{m}" for m, v in files.items() if v is not None] + (["--case-id"] if case_id else [])
+            if given:
+                raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one "
+                                  "patient's files; give that patient's folder instead")
+        checkpoint = resolve_model(model)
 
-        confidence, record = done["confidence"], done["record"]
-        reasons = check_reasons(confidence, record.get("flags") or [], record.get("confidence_threshold"))
-        check = f" (check this case: {'; '.join(reasons)})" if done["check"] else ""
-        typer.echo(f"{done['case_id']}: labels on the T1ce's grid: {done['labels']}; atlas space: "
-                   f"{Path(out) / 'atlas'}; confidence {confidence if confidence is None else round(confidence, 3)}"
-                   f"{check}; {done['seconds']:.0f} s")
+        def one(folder: Path | None) -> tuple[str, bool]:
+            done = predict_native(
+                folder, out, checkpoint, files=None if cohort else files, case_id=None if cohort else case_id,
+                overwrite=overwrite, labels=labels.value if labels else None,
+                save_uncertainty=save_uncertainty, save_probabilities=save_probabilities,
+                progress=not quiet and not cohort,
+                log=None if quiet or cohort else (lambda msg: typer.echo(f"  {msg}", err=True)),
+                device=device, tta=tta or None, strategy=strategy.value if strategy else None, roi_size=roi,
+                overlap=overlap, et_threshold=et_threshold, min_component_fraction=keep_fraction,
+                component_rule=component_rule,
+                precision=precision.value, backend=backend, confidence_threshold=confidence_threshold,
+            )
+            confidence, record = done["confidence"], done["record"]
+            reasons = check_reasons(confidence, record.get("flags") or [], record.get("confidence_threshold"))
+            check = f" (check this case: {'; '.join(reasons)})" if done["check"] else ""
+            kept = " (kept from an earlier run; --overwrite redoes it)" if done.get("kept") else ""
+            return (f"{done['prepare_line']}\n{done['case_id']}: labels on the T1ce's grid: {done['labels']}; atlas "
+                    f"space: {Path(out) / 'atlas'}; confidence "
+                    f"{confidence if confidence is None else round(confidence, 3)}{check}; {done['seconds']:.0f} s"
+                    f"{kept}"), bool(done.get("kept"))
+
+        if not cohort:
+            typer.echo(one(patients[0])[0])
+            return
+        from agsevnet.prepare.cohort import for_each_patient
+
+        typer.echo(f"{input_path}: {len(patients)} patients ({', '.join(p.name for p in patients[:5])}"
+                   f"{', ...' if len(patients) > 5 else ''})", err=True)
+        result = for_each_patient(patients, one, desc="predict --prepare", progress=not quiet, echo=typer.echo)
+        typer.echo(result.format("segmented") + f"; labels on each input T1ce's grid in {out}", err=not result.ok)
+        if not result.ok:
+            raise typer.Exit(1)
         return
 
     summary = predict(

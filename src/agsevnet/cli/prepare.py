@@ -13,8 +13,9 @@ from agsevnet.cli import app
 @app.command("prepare")
 def prepare_command(
     input_path: Path | None = typer.Argument(None, metavar="INPUT", help="One patient's folder with its four "
-                                             "sequences (NIfTI in any orientation and voxel size; the sequence of "
-                                             "each file is found from its name)."),
+                                             "sequences (NIfTI in any orientation and voxel size, or DICOM series; "
+                                             "the sequence of each is found from its name), or a folder of such "
+                                             "patient folders (each prepared in turn)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<case>/<case>_{flair,t1,t1ce,t2}.nii.gz "
                              "on the BraTS grid, prepare.json, prepare.png."),
     flair: Path | None = typer.Option(None, "--flair", help="The FLAIR file (where the names do not tell)."),
@@ -34,17 +35,41 @@ def prepare_command(
     command, from the scanner's files.
 
     Example: agsevnet prepare PatientFolder/ --out prepared; then agsevnet predict prepared --out preds
-    (or in one step: agsevnet predict PatientFolder/ --prepare --out preds).
+    (or in one step: agsevnet predict PatientFolder/ --prepare --out preds). A folder of patient folders is
+    prepared patient by patient; one that fails is listed at the end (exit 1), the others go on, and running the
+    command again resumes (patients prepared already are kept).
     """
     import os
 
     from agsevnet.cli.runtime import tune_cpu_runtime
+    from agsevnet.errors import ConfigError
+    from agsevnet.prepare.inputs import patient_folders
     from agsevnet.prepare.pipeline import prepare
 
     tune_cpu_runtime(all_threads="OMP_NUM_THREADS" not in os.environ)  # an explicit thread count wins
+    files = {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}
+    patients = patient_folders(input_path) if input_path is not None else [None]
+    if len(patients) > 1:
+        given = [f"--{m}" for m, v in files.items() if v is not None] + (["--case-id"] if case_id else [])
+        if given:
+            raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one patient's "
+                              "files; give that patient's folder instead")
+        from agsevnet.prepare.cohort import for_each_patient
+
+        def one(folder: Path) -> tuple[str, bool]:
+            done = prepare(folder, out, overwrite=overwrite, bias_correction=bias_correction,
+                           atlas_transform=atlas_transform)
+            return done.line, done.skipped
+
+        typer.echo(f"{input_path}: {len(patients)} patients ({', '.join(p.name for p in patients[:5])}"
+                   f"{', ...' if len(patients) > 5 else ''})", err=True)
+        result = for_each_patient(patients, one, desc="prepare", progress=not quiet, echo=typer.echo)
+        typer.echo(result.format("prepared") + f"; written under {out}", err=not result.ok)
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     log = None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True))
-    result = prepare(input_path, out, files={"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}, case_id=case_id,
-                     overwrite=overwrite, bias_correction=bias_correction,
-                     atlas_transform=atlas_transform, log=log)
+    result = prepare(patients[0], out, files=files, case_id=case_id, overwrite=overwrite,
+                     bias_correction=bias_correction, atlas_transform=atlas_transform, log=log)
     typer.echo(result.line)
     typer.echo(f"written: {result.case_dir} (prepare.json: transforms and checks; prepare.png: a picture to look at)")

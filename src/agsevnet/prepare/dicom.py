@@ -85,6 +85,7 @@ class DicomSeries:
     folder: Path  # the folder holding its files (their common parent)
     files: tuple[Path, ...]
     sop_class_uid: str
+    patient: str = ""  # PatientID ("" when absent): tells the patients of a cohort folder apart
 
     @property
     def n_files(self) -> int:
@@ -112,7 +113,7 @@ def find_series(folder: str | Path) -> list[DicomSeries]:
     if not folder.is_dir():
         raise DataError("not a folder (expected a folder of DICOM files)", folder)
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    tags = ["SeriesInstanceUID", "SeriesDescription", "Modality", "SeriesNumber", "SOPClassUID"]
+    tags = ["SeriesInstanceUID", "SeriesDescription", "Modality", "SeriesNumber", "SOPClassUID", "PatientID"]
     for path in _candidate_files(folder):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
@@ -143,6 +144,7 @@ def find_series(folder: str | Path) -> list[DicomSeries]:
                 folder=common,
                 files=files,
                 sop_class_uid=str(first.get("SOPClassUID", "")),
+                patient=str(first.get("PatientID", "") or "").strip(),
             )
         )
     series.sort(key=lambda s: (str(s.folder), s.number if s.number is not None else -1, s.description, s.uid))

@@ -134,3 +134,63 @@ def _read_dicom(folder: Path, chosen: Mapping[str, SourceImage]) -> dict[str, So
                                                      "series_description": x.description,
                                                      "series_number": x.number})
     return out
+
+
+def _niftis(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if is_nifti(p))
+
+
+def _names_four(names: list[str]) -> bool:
+    try:
+        assign(names)
+    except DataError:
+        return False
+    return True
+
+
+def patient_folders(input_path: str | Path) -> list[Path]:
+    """The patients INPUT holds: ``[INPUT]`` when it is one patient, else its sub-folders that are patients (a
+    cohort, e.g. one hospital export with a folder per patient), sorted by name.
+
+    INPUT is one patient when it holds NIfTI files itself, or DICOM series of one patient (one PatientID, or
+    none: one folder per series is a single patient's layout). It is a cohort when its sub-folders hold NIfTI
+    files and at least one of them names all four sequences (a folder per series of one patient, each with one
+    file, is not), or when its DICOM series belong to several PatientIDs and each sub-folder holds one patient's.
+    Every sub-folder with images is then a patient, also one whose files do not name four sequences: its
+    preparation fails with that error instead of being left out silently. A DataError when INPUT is neither."""
+    folder = Path(input_path)
+    if not folder.is_dir() or _niftis(folder):
+        return [folder]  # one patient (read_inputs says what is wrong with a file or a missing folder)
+    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    with_nifti = {d: _niftis(d) for d in subs}
+    with_nifti = {d: names for d, names in with_nifti.items() if names}
+    if any(_names_four(names) for names in with_nifti.values()):
+        return [d for d in subs if d in with_nifti or _has_dicom(d)]
+    if not _has_dicom(folder):
+        return [folder]  # read_inputs: "no NIfTI files or DICOM series found", or one patient's series folders
+    from agsevnet.prepare import require
+
+    require("pydicom")
+    from agsevnet.prepare import dicom
+
+    series = dicom.find_series(folder)
+    if len({x.patient for x in series}) <= 1:
+        return [folder]
+    patients: list[Path] = []
+    for x in series:
+        try:
+            sub = folder / x.folder.relative_to(folder).parts[0]
+        except (ValueError, IndexError):
+            sub = folder
+        if sub == folder:
+            raise DataError(f"holds DICOM series of {len({y.patient for y in series})} patients (PatientID "
+                            f"{', '.join(sorted({y.patient or '(none)' for y in series}))}) with series directly "
+                            "in it: give one patient's folder, or put each patient in a sub-folder", folder)
+        if sub not in patients:
+            patients.append(sub)
+    for sub in patients:
+        ids = sorted({x.patient or "(none)" for x in series if x.folder == sub or sub in x.folder.parents})
+        if len(ids) > 1:
+            raise DataError(f"holds DICOM series of several patients (PatientID {', '.join(ids)}): one sub-folder "
+                            "per patient, please", sub)
+    return sorted(patients)

@@ -102,6 +102,13 @@ def predict_native(input_path: str | Path | None, out_dir: str | Path, checkpoin
                        bias_correction=bias_correction, log=log)
     cid, record = prepared.case_id, prepared.record
     atlas_dir = out_dir / "atlas"
+    seg_native = out_dir / f"{cid}.nii.gz"
+    if prepared.skipped and not overwrite and seg_native.exists() and sidecar_path(out_dir, cid).exists():
+        # done by an earlier run from the same inputs: kept (the labels are written last, so they mark it done)
+        kept = json.loads(sidecar_path(out_dir, cid).read_text())
+        return {"case_id": cid, "labels": seg_native, "prepare_line": prepared.line,
+                "seconds": time.perf_counter() - started, "confidence": kept.get("confidence"),
+                "check": kept.get("check"), "record": kept, "kept": True}
     need_prob = save_probabilities or method == "probabilities"
     summary = predict(prepared.case_dir, checkpoint, atlas_dir, labels=labels, overwrite=overwrite,
                       save_probabilities=need_prob, save_uncertainty=save_uncertainty, progress=progress,
@@ -117,7 +124,6 @@ def predict_native(input_path: str | Path | None, out_dir: str | Path, checkpoin
 
         probabilities = np.moveaxis(np.asarray(nib.load(str(prob_atlas)).dataobj, np.float32), -1, 0)
     native = labels_to_native(atlas_labels, record, probabilities=probabilities, method=method)
-    seg_native = out_dir / f"{cid}.nii.gz"
     files_written = {"labels": seg_native.name, "atlas_labels": str(seg_atlas.relative_to(out_dir))}
     if save_uncertainty:
         unc = to_native(load_volume(uncertainty_output(atlas_dir, cid))[0].astype(np.float32), record)
