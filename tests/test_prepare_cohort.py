@@ -73,7 +73,8 @@ def test_dicom_cohorts_are_told_apart_by_patient_id(tmp_path) -> None:
 @pytest.mark.slow
 def test_prepare_and_predict_a_cohort_go_on_past_a_failed_patient_and_resume(tmp_path, capsys) -> None:
     """A cohort of two patients, one with two FLAIR files: the other is prepared and segmented, the failure is
-    listed with its reason and the exit code is 1; running again keeps the finished patient."""
+    listed with its reason and the exit code is 1, the cases to check at the end; running again keeps the finished
+    patient."""
     pytest.importorskip("SimpleITK")
     from agsevnet.cli import main
     from agsevnet.synth.phantom import make_phantom
@@ -103,8 +104,9 @@ def test_prepare_and_predict_a_cohort_go_on_past_a_failed_patient_and_resume(tmp
                      str(tmp_path / "x"))
     assert code == 1 and "holds 2 patients: --flair name one patient's files" in text
 
-    code, text = run("predict", str(cohort), "--prepare", "--out", str(tmp_path / "p"))
+    code, text = run("predict", str(cohort), "--prepare", "--out", str(tmp_path / "p"), "--confidence-threshold", "1")
     assert code == 1 and "1 segmented, 0 kept from an earlier run, 1 failed" in text
+    assert "check these (1): good (low confidence" in text  # the cases to look at, listed at the end
     ref = nib.load(cohort / "good" / "AX_T1_POST_GAD.nii.gz")
     seg = nib.load(tmp_path / "p" / "good.nii.gz")
     assert seg.shape == ref.shape

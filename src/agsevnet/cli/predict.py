@@ -148,6 +148,7 @@ def predict_command(
                 raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one "
                                   "patient's files; give that patient's folder instead")
         checkpoint = resolve_model(model)
+        to_check: list[str] = []
 
         def one(folder: Path | None) -> tuple[str, bool]:
             done = predict_native(
@@ -164,6 +165,8 @@ def predict_command(
             confidence, record = done["confidence"], done["record"]
             reasons = check_reasons(confidence, record.get("flags") or [], record.get("confidence_threshold"))
             check = f" (check this case: {'; '.join(reasons)})" if done["check"] else ""
+            if done["check"]:
+                to_check.append(f"{done['case_id']} ({'; '.join(reasons)})")
             kept = " (kept from an earlier run; --overwrite redoes it)" if done.get("kept") else ""
             return (f"{done['prepare_line']}\n{done['case_id']}: labels on the T1ce's grid: {done['labels']}; atlas "
                     f"space: {Path(out) / 'atlas'}; confidence "
@@ -178,7 +181,9 @@ def predict_command(
         typer.echo(f"{input_path}: {len(patients)} patients ({', '.join(p.name for p in patients[:5])}"
                    f"{', ...' if len(patients) > 5 else ''})", err=True)
         result = for_each_patient(patients, one, desc="predict --prepare", progress=not quiet, echo=typer.echo)
-        typer.echo(result.format("segmented") + f"; labels on each input T1ce's grid in {out}", err=not result.ok)
+        checks = f"\ncheck these ({len(to_check)}): " + ", ".join(to_check) if to_check else ""
+        typer.echo(result.format("segmented") + f"; labels on each input T1ce's grid in {out}{checks}",
+                   err=not result.ok)
         if not result.ok:
             raise typer.Exit(1)
         return
