@@ -116,6 +116,7 @@ def test_demo_report_is_self_contained(demo):
     document = (out / "report.html").read_text()
     assert html.escape(DISCLAIMER) in document
     assert "Training" in document and "Evaluation" in document and "robustness.png" in document
+    assert "<h2>Predictions</h2>" not in document  # the evaluated predictions are drawn under Evaluation only
     total, problems = _screenshot_script().check_embedded_images(document)
     assert problems == [] and total >= 4  # training curves, metric plots, overlays, 3D rendering
     assert "http://" not in document and "https://" not in document and 'src="file:' not in document

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -269,3 +270,34 @@ def test_report_shows_the_quality_checks_and_picture_of_prepared_cases(tmp_path)
     assert html.count('<tr class="missing">') == 2  # both rows have a warning (t1 moved 41 mm; b's volume)
     assert len(pngs) == 1 and 'alt="prepare.png"' in html
     Image.open(io.BytesIO(pngs[0])).load()
+
+
+def test_report_shows_predictions_without_a_ground_truth_once(tmp_path):
+    """``agsevnet predict`` output alone (no evaluation): a "Predictions" section with a row per case (confidence,
+    volumes counted in the label file) and the prediction drawn over the case's FLAIR, found from the sidecar's
+    input. Once an evaluation covers the same files, the predictions are shown there only, not twice."""
+    from agsevnet.data.labels import region_masks, to_internal
+    from test_predict import NARROW, _random_checkpoint
+
+    cases = {f"BraTS20_Training_00{i}": tumour(i) for i in range(1, 3)}
+    data = brats_dataset(tmp_path / "data", cases)
+    ckpt = _random_checkpoint(tmp_path / "random.pt", NARROW)  # random weights: labels all over the field of view
+    preds = tmp_path / "preds"
+    assert run_cli(["predict", str(data), "--model", str(ckpt), "--out", str(preds), "-q"]) == 0
+    assert run_cli(["report", str(preds), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    pngs = assert_self_contained(html)
+    assert "<h2>Predictions</h2>" in html
+    section = html[html.index("<h2>Predictions</h2>"):]
+    for case_id in cases:
+        labels = to_internal(np.asarray(nib.load(preds / f"{case_id}.nii.gz").dataobj).astype(np.uint8),
+                             "brats2020")
+        wt_ml = np.count_nonzero(region_masks(labels)["WT"]) * abs(np.linalg.det(AFFINE[:3, :3])) / 1000
+        assert f"<td>{case_id}</td>" in section and f"<td>{wt_ml:.1f}</td>" in section
+    assert len(re.findall(r'alt="prediction of ', html)) == 2 and "prediction over FLAIR" in html
+    assert len(pngs) == 2
+
+    assert run_cli(["evaluate", str(preds), str(data), "--json", str(preds / "eval.json")]) == 0
+    assert run_cli(["report", str(preds), "-o", str(tmp_path / "r2.html")]) == 0
+    html = (tmp_path / "r2.html").read_text()
+    assert "<h2>Predictions</h2>" not in html and len(re.findall(r'alt="slices of ', html)) == 2

@@ -22,6 +22,11 @@ and files are classified by their content, not their place:
   ``predict --prepare``): a table of the quality checks of every prepared case (brain volume, overlap with the
   atlas brain, registration metric, how far each sequence moved, coverage, warnings, time) and its picture
   (``prepare.png``: three slices of each prepared sequence with the brain outline);
+- a prediction's sidecar JSON (``<case>.json`` written by ``agsevnet predict`` next to ``<case>.nii.gz``) whose
+  labels no evaluation covers: predictions without a ground truth. A table (confidence, the reasons to check the
+  case, tumour volumes in ml from the label file) and tumour-centre slices of the prediction over the case's image
+  (its FLAIR found from the sidecar's input, or, after ``predict --prepare``, the input T1ce on whose grid the
+  labels are); the atlas-space copy of a ``--prepare`` prediction is not shown twice;
 - any other small CSV (e.g. the robustness experiment's table) and PNG figure: shown under "Other results".
 
 ``notes`` (e.g. "phantom-trained model: for demonstration, not for patients") is shown at the top.
@@ -95,10 +100,11 @@ class Found:
     tables: list[Path] = field(default_factory=list)  # other CSVs
     figures: list[Path] = field(default_factory=list)  # PNGs
     prepared: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # (prepare.json, its record)
+    predictions: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # (sidecar, its record)
 
     def empty(self) -> bool:
         return not (self.configs or self.training or self.evaluations or self.evaluation_csvs or self.tables
-                    or self.figures or self.prepared)
+                    or self.figures or self.prepared or self.predictions)
 
 
 def _csv_header(path: Path) -> list[str] | None:
@@ -158,6 +164,8 @@ def scan(directory: str | Path) -> Found:
                 found.evaluations.append((path, record))
             elif is_prepare_record(record):
                 found.prepared.append((path, record))
+            elif is_prediction_sidecar(record) and (path.parent / record["prediction"]).is_file():
+                found.predictions.append((path, record))
         elif suffix == ".png" and path.stat().st_size <= MAX_FIGURE_BYTES:
             found.figures.append(path)
     covered = {frozenset(case["case"] for case in record["cases"]) for _, record in found.evaluations}
@@ -174,9 +182,21 @@ def scan(directory: str | Path) -> Found:
             continue  # the summary of a per-case CSV: recomputed from it
         else:
             found.tables.append(path)
+    evaluated = {Path(case["pred"]).resolve() for _, record in found.evaluations for case in record["cases"]
+                 if case.get("pred")}
+    atlas_copies = {(path.parent / record["native"]["atlas_labels"]).resolve() for path, record in found.predictions
+                    if isinstance(record.get("native"), dict) and record["native"].get("atlas_labels")}
+    found.predictions = [(path, record) for path, record in found.predictions
+                         if (path.parent / record["prediction"]).resolve() not in evaluated | atlas_copies]
     pictures = {path.parent / record["picture"] for path, record in found.prepared if record.get("picture")}
     found.figures = [p for p in found.figures if p not in pictures][:MAX_OTHER_FIGURES]
     return found
+
+
+def is_prediction_sidecar(record: Any) -> bool:
+    """The per-case JSON ``agsevnet predict`` writes next to a label map (recognised by its keys)."""
+    return (isinstance(record, dict) and isinstance(record.get("prediction"), str) and "confidence_definition" in record
+            and isinstance(record.get("labels"), str))
 
 
 def is_prepare_record(record: Any) -> bool:
@@ -559,6 +579,78 @@ def _prepared_section(prepared: Sequence[tuple[Path, Mapping[str, Any]]], direct
     return intro + table_html(header, cells, classes) + '<div class="grid">' + "".join(pictures) + "</div>"
 
 
+def _prediction_image(record: Mapping[str, Any], shape: tuple[int, ...], finder: _ImageFinder
+                      ) -> tuple[np.ndarray | None, str]:
+    """The image to draw a prediction over: the input T1ce of a ``--prepare`` prediction (the labels are on its
+    grid), else the first of FLAIR, T1ce, T2, T1 of the sidecar's input case; None when none fits the labels."""
+    from agsevnet.data.nifti import load_volume
+
+    candidates: list[tuple[str, int | None, str]] = []
+    native = record.get("native")
+    if isinstance(native, dict) and native.get("reference"):
+        candidates.append((str(native["reference"]), None, "T1ce"))
+    elif record.get("input"):
+        found = finder.find(str(record.get("case_id", "")), None, Path(str(record["input"])))
+        if found is not None:
+            source, modality = found
+            candidates.append((str(source.path), source.channel, {"flair": "FLAIR", "t1ce": "T1ce", "t1": "T1",
+                                                                  "t2": "T2"}[modality]))
+    for path, channel, name in candidates:
+        try:
+            data, _ = load_volume(path, channel, dtype=np.float32)
+        except AgsevnetError:
+            continue
+        if data.shape == shape:
+            return data, name
+    return None, "no image"
+
+
+def _predictions_section(predictions: Sequence[tuple[Path, Mapping[str, Any]]], directory: Path, overlays: int,
+                         progress: bool) -> tuple[str, int]:
+    """Predictions without a ground truth: a table (confidence, reasons to check, volumes) and up to ``overlays``
+    slice figures of the prediction over its image. Returns the HTML and the number of figures drawn."""
+    from tqdm import tqdm
+
+    from agsevnet.data.labels import region_masks
+    from agsevnet.report.figures import plot_case_overlay
+
+    finder = _ImageFinder()
+    header = ["case", "confidence", "check", "WT (ml)", "TC (ml)", "ET (ml)", "labels"]
+    rows, classes, figures_html, drawn = [], [], [], 0
+    for path, record in tqdm(predictions, desc="report: predictions", unit="case", disable=not progress):
+        case_id = str(record.get("case_id", path.stem))
+        label_path = path.parent / record["prediction"]
+        try:
+            labels, img = load_labels(str(label_path), record["labels"])
+        except (AgsevnetError, ValueError) as exc:
+            rows.append([case_id, "", "", "", "", "", f"cannot be read: {exc}"])
+            classes.append("missing")
+            continue
+        ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        volumes = {r: float(np.count_nonzero(m)) * ml for r, m in region_masks(labels).items()}
+        reasons = [str(f) for f in record.get("flags") or []]
+        confidence = record.get("confidence")
+        threshold = record.get("confidence_threshold")
+        if isinstance(confidence, (int, float)) and isinstance(threshold, (int, float)) and confidence < threshold:
+            reasons.insert(0, f"low confidence {confidence:.3f}")
+        rows.append([case_id, _number(confidence, ".3f"), "; ".join(reasons) or "no",
+                     *(f"{volumes[r]:.1f}" for r in ("WT", "TC", "ET")), str(label_path.relative_to(directory))])
+        classes.append("missing" if record.get("check") else "")
+        if drawn < overlays and np.any(labels):
+            image, image_name = _prediction_image(record, labels.shape, finder)
+            png = _png(lambda out, image=image, image_name=image_name, labels=labels, img=img, case_id=case_id:
+                       plot_case_overlay(image, None, labels, img.affine, out, case_id=case_id,
+                                         image_name=image_name, dpi=72))
+            figures_html.append(img_tag(png, f"prediction of {case_id}",
+                                        f"{case_id}: prediction over {image_name}"))
+            drawn += 1
+    intro = ('<p class="muted">Predictions without a ground truth (no evaluation covers them): rows in red are '
+             "listed under \"check these\" (low confidence or a warning sign); volumes are counted in the label "
+             "files.</p>")
+    cells = [[_e(v) for v in row] for row in rows]
+    return intro + table_html(header, cells, classes) + '<div class="grid">' + "".join(figures_html) + "</div>", drawn
+
+
 # ------------------------------------------------------------------------------------------------ the report
 
 
@@ -587,7 +679,7 @@ def build_report(
     found = scan(directory)
     if found.empty():
         raise DataError("nothing to report: no config.yaml, training metrics.csv, evaluation JSON/CSV, "
-                        "prepare.json, table or figure found", directory)
+                        "prediction, prepare.json, table or figure found", directory)
 
     # Results first (evaluation, then training curves), then the configuration (folded: it is long), then the rest.
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, html)
@@ -605,6 +697,10 @@ def build_report(
         body, _ = _evaluation_section(str(path.relative_to(directory)), cases, gt_root=None, overlays=0,
                                       with_files=False, progress=progress)
         sections.append((f"evaluation-{len(sections)}", f"Evaluation ({path.relative_to(directory)})", body))
+    if found.predictions:
+        body, drawn = _predictions_section(found.predictions, directory, budget, progress)
+        budget -= drawn
+        sections.append(("predictions", "Predictions", body))
     if found.prepared:
         sections.append(("prepared", "Prepared cases", _prepared_section(found.prepared, directory)))
     if found.training:
