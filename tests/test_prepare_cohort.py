@@ -42,10 +42,14 @@ def test_a_folder_of_patient_folders_is_a_cohort_and_a_bad_patient_is_kept_in_it
 def test_a_patient_with_one_folder_per_series_is_one_patient(tmp_path) -> None:
     """dcm2niix-style output: a sub-folder per series, one file each. No sub-folder names four sequences, so the
     folder is one patient (read_inputs then says that its NIfTI files are not in the folder itself)."""
+    from agsevnet.prepare.inputs import read_inputs
+
     patient = tmp_path / "p"
     for name in NAMES:
         _touch(patient / name.removesuffix(".nii.gz"), [name])
     assert patient_folders(patient) == [patient]
+    with pytest.raises(DataError, match=r"only in its sub-folders \(AX_FLAIR, AX_T1_POST_GAD, AX_T1_SE, AX_T2_TSE\)"):
+        read_inputs(patient)
 
 
 def test_dicom_cohorts_are_told_apart_by_patient_id(tmp_path) -> None:

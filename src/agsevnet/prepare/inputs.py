@@ -109,6 +109,12 @@ def read_inputs(input_path: str | Path | None, files: Mapping[str, str | Path | 
         elif _has_dicom(folder):
             chosen.update(_read_dicom(folder, chosen))
         else:
+            nested = sorted(d.name for d in folder.iterdir() if d.is_dir() and _niftis(d))
+            if nested:  # e.g. a converter's folder per series
+                raise DataError(f"no NIfTI files in the folder itself, only in its sub-folders "
+                                f"({', '.join(nested[:6])}{', ...' if len(nested) > 6 else ''}), none of which holds "
+                                "all four sequences: put the patient's four files in one folder, or give them with "
+                                "--flair --t1 --t1ce --t2", folder)
             raise DataError("no NIfTI files (.nii, .nii.gz) or DICOM series found", folder)
     name = case_id or case_name(folder if folder is not None else Path(files["t1ce"]))
     return name, {m: chosen[m] for m in MODALITIES}
