@@ -143,10 +143,9 @@ def predict_command(
         patients = patient_folders(input_path) if input_path is not None else [None]
         cohort = len(patients) > 1
         if cohort:
-            given = [f"--{m}" for m, v in files.items() if v is not None] + (["--case-id"] if case_id else [])
-            if given:
-                raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one "
-                                  "patient's files; give that patient's folder instead")
+            from agsevnet.prepare.cohort import check_cohort_options
+
+            check_cohort_options(input_path, patients, files, case_id)
         checkpoint = resolve_model(model)
         to_check: list[str] = []
 
@@ -176,10 +175,9 @@ def predict_command(
         if not cohort:
             typer.echo(one(patients[0])[0])
             return
-        from agsevnet.prepare.cohort import for_each_patient
+        from agsevnet.prepare.cohort import describe_cohort, for_each_patient
 
-        typer.echo(f"{input_path}: {len(patients)} patients ({', '.join(p.name for p in patients[:5])}"
-                   f"{', ...' if len(patients) > 5 else ''})", err=True)
+        typer.echo(describe_cohort(input_path, patients), err=True)
         result = for_each_patient(patients, one, desc="predict --prepare", progress=not quiet, echo=typer.echo)
         checks = f"\ncheck these ({len(to_check)}): " + ", ".join(to_check) if to_check else ""
         typer.echo(result.format("segmented") + f"; labels on each input T1ce's grid in {out}{checks}",

@@ -42,7 +42,6 @@ def prepare_command(
     import os
 
     from agsevnet.cli.runtime import tune_cpu_runtime
-    from agsevnet.errors import ConfigError
     from agsevnet.prepare.inputs import patient_folders
     from agsevnet.prepare.pipeline import prepare
 
@@ -50,19 +49,16 @@ def prepare_command(
     files = {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}
     patients = patient_folders(input_path) if input_path is not None else [None]
     if len(patients) > 1:
-        given = [f"--{m}" for m, v in files.items() if v is not None] + (["--case-id"] if case_id else [])
-        if given:
-            raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one patient's "
-                              "files; give that patient's folder instead")
-        from agsevnet.prepare.cohort import for_each_patient
+        from agsevnet.prepare.cohort import check_cohort_options, describe_cohort, for_each_patient
+
+        check_cohort_options(input_path, patients, files, case_id)
 
         def one(folder: Path) -> tuple[str, bool]:
             done = prepare(folder, out, overwrite=overwrite, bias_correction=bias_correction,
                            atlas_transform=atlas_transform)
             return done.line, done.skipped
 
-        typer.echo(f"{input_path}: {len(patients)} patients ({', '.join(p.name for p in patients[:5])}"
-                   f"{', ...' if len(patients) > 5 else ''})", err=True)
+        typer.echo(describe_cohort(input_path, patients), err=True)
         result = for_each_patient(patients, one, desc="prepare", progress=not quiet, echo=typer.echo)
         typer.echo(result.format("prepared") + f"; written under {out}", err=not result.ok)
         if not result.ok:

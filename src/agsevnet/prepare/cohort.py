@@ -6,11 +6,12 @@ the same command again."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from agsevnet.errors import AgsevnetError
+from agsevnet.errors import AgsevnetError, ConfigError
 
 
 @dataclass
@@ -30,6 +31,21 @@ class CohortResult:
         text = (f"{n} patient(s): {len(self.done)} {what}, {len(self.kept)} kept from an earlier run, "
                 f"{len(self.failed)} failed")
         return text + "".join(f"\n  FAILED {name}: {why}" for name, why in self.failed)
+
+
+def check_cohort_options(input_path: Path, patients: Sequence[Path], files: Mapping[str, Any],
+                         case_id: str | None) -> None:
+    """A ConfigError when options that name one patient's files (``--flair ... --case-id``) come with a cohort."""
+    given = [f"--{m}" for m, v in files.items() if v is not None] + (["--case-id"] if case_id else [])
+    if given:
+        raise ConfigError(f"{input_path} holds {len(patients)} patients: {' '.join(given)} name one patient's "
+                          "files; give that patient's folder instead")
+
+
+def describe_cohort(input_path: Path, patients: Sequence[Path]) -> str:
+    """``INPUT: N patients (a, b, c, d, e, ...)``: the line a cohort run starts with."""
+    names = ", ".join(p.name for p in patients[:5]) + (", ..." if len(patients) > 5 else "")
+    return f"{input_path}: {len(patients)} patients ({names})"
 
 
 def for_each_patient(patients: Sequence[Path], work: Callable[[Path], tuple[str, bool]], *, desc: str,

@@ -612,6 +612,7 @@ def _predictions_section(predictions: Sequence[tuple[Path, Mapping[str, Any]]], 
     from tqdm import tqdm
 
     from agsevnet.data.labels import region_masks
+    from agsevnet.infer.shard import check_reasons
     from agsevnet.report.figures import plot_case_overlay
 
     finder = _ImageFinder()
@@ -628,11 +629,8 @@ def _predictions_section(predictions: Sequence[tuple[Path, Mapping[str, Any]]], 
             continue
         ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
         volumes = {r: float(np.count_nonzero(m)) * ml for r, m in region_masks(labels).items()}
-        reasons = [str(f) for f in record.get("flags") or []]
         confidence = record.get("confidence")
-        threshold = record.get("confidence_threshold")
-        if isinstance(confidence, (int, float)) and isinstance(threshold, (int, float)) and confidence < threshold:
-            reasons.insert(0, f"low confidence {confidence:.3f}")
+        reasons = check_reasons(confidence, record.get("flags") or [], record.get("confidence_threshold"))
         rows.append([case_id, _number(confidence, ".3f"), "; ".join(reasons) or "no",
                      *(f"{volumes[r]:.1f}" for r in ("WT", "TC", "ET")), str(label_path.relative_to(directory))])
         classes.append("missing" if record.get("check") else "")
